@@ -1,0 +1,1 @@
+"""Baseline recommenders, each a RecBole ``SequentialRecommender`` registered in the harness."""

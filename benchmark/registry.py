@@ -1,0 +1,160 @@
+"""The model registry: the one place where a model is added.
+
+Each entry names the class lazily (``module:Class``, imported only when the model is built, so
+``bench list`` stays instant), its modalities, default hyper-parameters, presets and the Optuna
+search space. Parameters are flat: the shared training parameters below plus the model's own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+# Training parameters every trainable model accepts (the trainer reads them).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 50,
+    "patience": 5,  # epochs without a better validation NDCG@10 before stopping
+    "batch_size": 256,
+    "eval_batch_size": 512,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "clip_grad_norm": 0.0,  # 0 = off
+    "train_mode": "all_positions",  # or "prefix" (RecBole's augmentation)
+    "MAX_ITEM_LIST_LENGTH": 50,
+}
+TRAIN_MODES = ("prefix", "all_positions")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    target: str  # "package.module:Class"
+    description: str
+    modalities: tuple[str, ...]  # subset of ("id", "text", "image")
+    defaults: dict[str, Any]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trainable: bool = True
+
+    def load(self):
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def all_defaults(self) -> dict[str, Any]:
+        return {**TRAIN_DEFAULTS, **self.defaults} if self.trainable else dict(self.defaults)
+
+    def resolve(self, preset: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+        """Defaults <- preset <- overrides, each key and value type checked."""
+        params = self.all_defaults()
+        if preset is not None:
+            if preset not in self.presets:
+                if not self.presets:  # a model without presets has nothing to scale
+                    preset_values = {}
+                else:
+                    raise ConfigError(f"model {self.name!r} has no preset {preset!r} "
+                                      f"(presets: {', '.join(self.presets)})")
+            else:
+                preset_values = self.presets[preset]
+            params.update(preset_values)
+        for key, value in (overrides or {}).items():
+            if key not in params:
+                if not self.trainable and key in TRAIN_DEFAULTS:
+                    continue  # suite-wide training settings do not apply to untrained models
+                near = difflib.get_close_matches(key, params, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ConfigError(f"model {self.name!r} has no parameter {key!r}{hint}")
+            params[key] = _coerce(self.name, key, value, params[key])
+        if self.trainable and params["train_mode"] not in TRAIN_MODES:
+            raise ConfigError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, "
+                              f"got {params['train_mode']!r}")
+        for key in ("epochs", "batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"):
+            if key in params and params[key] < 1:
+                raise ConfigError(f"{self.name}: {key} must be >= 1, got {params[key]}")
+        return params
+
+
+def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
+    """Check a parameter value against the type of its default (ints may stand for floats)."""
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(value, kind):
+        return value
+    raise ConfigError(f"model {model!r}: parameter {key!r} must be {kind.__name__}, "
+                      f"got {value!r}")
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _MODELS:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    _MODELS[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS:
+        near = difflib.get_close_matches(name, _MODELS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+# ---------------------------------------------------------------------------------------------
+# The models. Search spaces: {"type": "float"|"int"|"categorical", "low", "high", "log", "choices"}
+
+register_model(ModelSpec(
+    name="mostpop",
+    target="baselines.mostpop:MostPop",
+    description="Items ranked by training-split popularity (sanity floor).",
+    modalities=(),
+    defaults={},
+    trainable=False,
+))
+
+_SASREC_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "attn_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "n_layers": {"type": "int", "low": 1, "high": 3},
+    "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+}
+
+register_model(ModelSpec(
+    name="sasrec",
+    target="baselines.sasrec:SASRec",
+    description="SASRec (Kang & McAuley 2018), RecBole's implementation; ID-only.",
+    modalities=("id",),
+    defaults={
+        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+    },
+    presets={
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
+                 "attn_dropout_prob": 0.2, "batch_size": 128},
+        "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
+                  "patience": 10, "MAX_ITEM_LIST_LENGTH": 50},
+    },
+    search_space=_SASREC_SPACE,
+))

@@ -1,0 +1,234 @@
+"""The training loop for sequential recommenders, with early stopping, checkpoints and resume.
+
+Two ways to turn the training split into batches (``train_mode``):
+
+- ``prefix``: RecBole's data augmentation, one sample per (prefix, next item), in RecBole's sample
+  order and shuffled by the same seeded ``DataLoader``, so that a RecBole model trained here follows
+  RecBole's own pipeline step for step (the parity test checks it);
+- ``all_positions``: each user's training sequence, cut into windows of ``MAX_ITEM_LIST_LENGTH + 1``,
+  once per epoch with a loss at every position (the original SASRec training).
+
+Early stopping follows RecBole's rule: stop once validation NDCG@10 has not improved (strictly)
+for more than ``patience`` epochs; the best epoch's weights are restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .evaluation import EvalResult, Evaluator
+from .split import Split
+
+log = logging.getLogger(__name__)
+VALID_METRIC = "ndcg@10"
+
+
+def seed_everything(seed: int) -> None:
+    """The same seeding as RecBole's ``init_seed`` (CPU determinism)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prefix_samples(split: Split) -> np.ndarray:
+    """(user, target position) pairs of the training split, in RecBole's training-set order.
+
+    RecBole augments every sequence, sorts the samples stably by target time, splits them per user
+    (users in order of their earliest sample) and keeps each user's samples in time order.
+    """
+    users, firsts, pairs = [], [], []
+    for u, (seq_rows, n_train) in enumerate(zip(split.rows, split.train_len)):
+        if n_train < 2:
+            continue
+        users.append(u)
+        firsts.append(seq_rows[1])  # row of the earliest sample's target
+        pairs.append(np.stack([np.full(n_train - 1, u), np.arange(1, n_train)], axis=1))
+    if not pairs:
+        raise ConfigError("the training split has no (history, next item) pair to learn from")
+    return np.concatenate([pairs[i] for i in _recbole_user_order(split, users)])
+
+
+def _recbole_user_order(split: Split, users: list[int]) -> list[int]:
+    """Index order of ``users`` by the time of their first sample's target, ties by user id."""
+    keys = [(float(split.times[u][1]), u) for u in users]
+    return sorted(range(len(users)), key=lambda i: keys[i])
+
+
+def position_windows(split: Split, max_len: int) -> np.ndarray:
+    """(user, start, end) windows covering each training sequence once; each window predicts
+    ``seq[start+1:end]`` from ``seq[start:end-1]``, at most ``max_len`` targets."""
+    out = []
+    for u, n in enumerate(split.train_len):
+        end = int(n)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            out.append((u, start, end))
+            end = start + 1 if start > 0 else 0
+    if not out:
+        raise ConfigError("the training split has no (history, next item) pair to learn from")
+    return np.asarray(out, dtype=np.int64)
+
+
+@dataclass
+class TrainOutcome:
+    best_epoch: int
+    best_valid: dict[str, float]
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+class Trainer:
+    """Trains one model on one split; writes a resumable checkpoint after every epoch."""
+
+    def __init__(self, model, params: dict, split: Split, evaluator: Evaluator, seed: int,
+                 device: str = "cpu", checkpoint: Path | None = None, progress: bool = True,
+                 on_epoch: Callable[[int, dict], None] | None = None):
+        self.model, self.params, self.split, self.evaluator = model, params, split, evaluator
+        self.seed, self.device, self.checkpoint = seed, torch.device(device), checkpoint
+        self.progress, self.on_epoch = progress, on_epoch
+        self.max_len = params["MAX_ITEM_LIST_LENGTH"]
+        self.mode = params["train_mode"]
+        if self.mode == "all_positions" and not hasattr(model, "all_positions_loss"):
+            raise ConfigError(f"{type(model).__name__} supports only train_mode=prefix")
+        self.samples = (prefix_samples(split) if self.mode == "prefix"
+                        else position_windows(split, self.max_len))
+        self.generator = torch.Generator()
+        self.generator.manual_seed(seed)
+        # The same DataLoader RecBole builds (it draws from the generator in the same order).
+        self.loader = torch.utils.data.DataLoader(
+            list(range(len(self.samples))), batch_size=params["batch_size"], shuffle=True,
+            generator=self.generator, collate_fn=np.asarray)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=params["learning_rate"],
+                                          weight_decay=params["weight_decay"])
+
+    # -- batches ----------------------------------------------------------------------------
+    def _prefix_batch(self, idx: np.ndarray):
+        from recbole.data.interaction import Interaction
+
+        m = self.model
+        seq = np.zeros((len(idx), self.max_len), dtype=np.int64)
+        lens = np.zeros(len(idx), dtype=np.int64)
+        target = np.zeros(len(idx), dtype=np.int64)
+        for j, (u, p) in enumerate(self.samples[idx]):
+            s = self.split.sequences[u]
+            hist = s[max(0, p - self.max_len):p]
+            seq[j, :len(hist)] = hist
+            lens[j], target[j] = len(hist), s[p]
+        return Interaction({m.USER_ID: torch.from_numpy(self.samples[idx, 0].copy()),
+                            m.ITEM_SEQ: torch.from_numpy(seq),
+                            m.ITEM_SEQ_LEN: torch.from_numpy(lens),
+                            m.POS_ITEM_ID: torch.from_numpy(target)}).to(self.device)
+
+    def _window_batch(self, idx: np.ndarray):
+        seq = np.zeros((len(idx), self.max_len), dtype=np.int64)
+        tgt = np.zeros((len(idx), self.max_len), dtype=np.int64)
+        for j, (u, a, b) in enumerate(self.samples[idx]):
+            w = self.split.sequences[u][a:b]
+            seq[j, :len(w) - 1] = w[:-1]
+            tgt[j, :len(w) - 1] = w[1:]
+        return torch.from_numpy(seq).to(self.device), torch.from_numpy(tgt).to(self.device)
+
+    def _loss(self, idx: np.ndarray) -> torch.Tensor:
+        if self.mode == "prefix":
+            return self.model.calculate_loss(self._prefix_batch(idx))
+        return self.model.all_positions_loss(*self._window_batch(idx))
+
+    # -- evaluation -------------------------------------------------------------------------
+    def score(self, users, seq, lens):
+        from recbole.data.interaction import Interaction
+
+        m = self.model
+        inter = Interaction({m.USER_ID: users, m.ITEM_SEQ: seq, m.ITEM_SEQ_LEN: lens})
+        return m.full_sort_predict(inter.to(self.device))
+
+    def evaluate(self, which: str) -> EvalResult:
+        self.model.eval()
+        return self.evaluator.evaluate(self.score, which)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainOutcome:
+        from tqdm.auto import tqdm
+
+        p = self.params
+        state = {"epoch": 0, "best_score": -np.inf, "best_epoch": -1, "bad_epochs": 0,
+                 "history": [], "seconds": 0.0, "best_valid": {}}
+        best_weights = copy.deepcopy(self.model.state_dict())
+        resumed_from = None
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            best_weights, state = self._load_checkpoint()
+            resumed_from = state["epoch"]
+            log.info("resumed from epoch %d", resumed_from)
+        bar = tqdm(total=p["epochs"], initial=state["epoch"], desc="epochs",
+                   disable=not self.progress, leave=False)
+        while state["epoch"] < p["epochs"] and state["bad_epochs"] <= p["patience"]:
+            t0 = time.perf_counter()
+            self.model.train()
+            total, batches = 0.0, 0
+            for idx in self.loader:
+                self.optimizer.zero_grad()
+                loss = self._loss(idx)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss is {loss.item()} at epoch "
+                                             f"{state['epoch']}")
+                loss.backward()
+                if p["clip_grad_norm"] > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), p["clip_grad_norm"])
+                self.optimizer.step()
+                total += loss.item()
+                batches += 1
+            train_seconds = time.perf_counter() - t0
+            valid = self.evaluate("valid")
+            epoch_seconds = time.perf_counter() - t0
+            score = valid.metrics.get(VALID_METRIC, 0.0)
+            row = {"epoch": state["epoch"], "train_loss": total / max(batches, 1),
+                   "train_seconds": train_seconds, "epoch_seconds": epoch_seconds,
+                   **{f"valid_{k}": v for k, v in valid.metrics.items()}}
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0,
+                             best_valid=valid.metrics)
+                best_weights = copy.deepcopy(self.model.state_dict())
+            else:
+                state["bad_epochs"] += 1
+            state["history"].append(row)
+            state["seconds"] += epoch_seconds
+            state["epoch"] += 1
+            self._save_checkpoint(best_weights, state)
+            if self.on_epoch:
+                self.on_epoch(row["epoch"], row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", ndcg10=f"{score:.4f}")
+        bar.close()
+        self.model.load_state_dict(best_weights)
+        return TrainOutcome(best_epoch=state["best_epoch"], best_valid=state["best_valid"],
+                            epochs_run=state["epoch"], seconds=state["seconds"],
+                            history=state["history"], resumed_from=resumed_from)
+
+    def _save_checkpoint(self, best_weights: dict, state: dict) -> None:
+        if self.checkpoint is None:
+            return
+        from .io import atomic_write
+
+        blob = {"model": self.model.state_dict(), "best_model": best_weights,
+                "optimizer": self.optimizer.state_dict(), "state": state,
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        atomic_write(self.checkpoint, lambda tmp: torch.save(blob, tmp))
+
+    def _load_checkpoint(self):
+        blob = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.generator.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        return blob["best_model"], blob["state"]

@@ -1,0 +1,1 @@
+"""Methods under study (VLM2Rec)."""
