@@ -1,7 +1,8 @@
 """Importing RecBole 1.2.1 safely on numpy 2 / torch >= 2.6, and building its Config objects.
 
 Three shims, applied once before RecBole is imported (see docs/install.md):
-1. numpy 2 removed aliases that RecBole and ray use;
+1. numpy 2 removed aliases that RecBole and ray use (RecBole's Config restores some of them
+   itself, but its metric classes need them without a Config);
 2. (handled at load sites) torch >= 2.6 defaults to ``weights_only=True``;
 3. importing ``recbole.model.sequential_recommender`` switches on autograd anomaly detection
    for the whole process (a 1.5-2.5x slowdown of every backward pass): switched off again.
@@ -9,6 +10,7 @@ Three shims, applied once before RecBole is imported (see docs/install.md):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from pathlib import Path
@@ -24,8 +26,9 @@ def import_recbole() -> None:
     import numpy as np
 
     for alias, target in (("float_", np.float64), ("complex_", np.complex128),
-                          ("unicode_", np.str_), ("bool8", np.bool_)):
-        if not hasattr(np, alias):
+                          ("unicode_", np.str_), ("bool8", np.bool_), ("float", np.float64),
+                          ("int", np.int_), ("object", np.object_)):
+        if alias not in np.__dict__:
             setattr(np, alias, target)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import torch
@@ -72,11 +75,20 @@ def recbole_config(model_cls, dataset_root: str | Path, name: str, params: dict,
         "loss_type": "CE",
     }
     base.update(params)
-    cwd = os.getcwd()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    os.chdir(run_dir)  # RecBole writes ./log and ./log_tensorboard into the working directory
-    try:
+    with recbole_workdir(run_dir):
         return Config(model=model_cls, dataset=name, config_dict=base)
+
+
+@contextlib.contextmanager
+def recbole_workdir(run_dir: str | Path):
+    """RecBole writes ./log, ./log_tensorboard and ./saved into the working directory (and its
+    Trainer keeps writing there later): run RecBole code inside the run's own folder."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(run_dir)
+    try:
+        yield run_dir
     finally:
         os.chdir(cwd)
 

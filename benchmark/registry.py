@@ -51,16 +51,11 @@ class ModelSpec:
     def resolve(self, preset: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
         """Defaults <- preset <- overrides, each key and value type checked."""
         params = self.all_defaults()
-        if preset is not None:
+        if preset is not None and self.presets:  # a model without presets has nothing to scale
             if preset not in self.presets:
-                if not self.presets:  # a model without presets has nothing to scale
-                    preset_values = {}
-                else:
-                    raise ConfigError(f"model {self.name!r} has no preset {preset!r} "
-                                      f"(presets: {', '.join(self.presets)})")
-            else:
-                preset_values = self.presets[preset]
-            params.update(preset_values)
+                raise ConfigError(f"model {self.name!r} has no preset {preset!r} "
+                                  f"(presets: {', '.join(self.presets)})")
+            params.update(self.presets[preset])
         for key, value in (overrides or {}).items():
             if key not in params:
                 if not self.trainable and key in TRAIN_DEFAULTS:

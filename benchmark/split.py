@@ -47,6 +47,7 @@ class Split:
     valid: Cases
     test: Cases
     checksum: str
+    cutoffs: tuple[float, float] | None = None  # temporal split: (validation, test) start times
 
     def train_sequences(self) -> list[np.ndarray]:
         return [s[:n] for s, n in zip(self.sequences, self.train_len)]
@@ -58,7 +59,7 @@ class Split:
         return counts
 
     def summary(self) -> dict:
-        return {"kind": self.kind, "checksum": self.checksum,
+        return {"kind": self.kind, "checksum": self.checksum, "cutoffs": self.cutoffs,
                 "train_interactions": int(self.train_len.sum()),
                 "valid_cases": len(self.valid), "test_cases": len(self.test)}
 
@@ -90,6 +91,7 @@ def make_split(data: Dataset, kind: str = "loo", valid_frac: float = 0.1,
     seqs, rows = user_sequences(data)
     n = np.array([len(s) for s in seqs], dtype=np.int64)
     vu, vp, tu, tp = [], [], [], []
+    cutoffs = None
     if kind == "loo":
         train_len = n.copy()
         for u in range(1, data.n_users):
@@ -103,6 +105,7 @@ def make_split(data: Dataset, kind: str = "loo", valid_frac: float = 0.1,
         if not (0 < valid_frac < 1 and 0 < test_frac < 1 and valid_frac + test_frac < 1):
             raise ConfigError("temporal split needs 0 < valid_frac, test_frac and their sum < 1")
         t_valid, t_test = np.quantile(data.timestamp, [1 - valid_frac - test_frac, 1 - test_frac])
+        cutoffs = (float(t_valid), float(t_test))
         train_len = np.zeros_like(n)
         for u in range(1, data.n_users):
             times = data.timestamp[rows[u]]  # sorted: rows are in time order
@@ -119,4 +122,4 @@ def make_split(data: Dataset, kind: str = "loo", valid_frac: float = 0.1,
     for s in seqs:
         h.update(np.ascontiguousarray(s, dtype=np.int64).tobytes())
     times = [data.timestamp[r] for r in rows]
-    return Split(kind, seqs, rows, times, train_len, valid, test, h.hexdigest()[:16])
+    return Split(kind, seqs, rows, times, train_len, valid, test, h.hexdigest()[:16], cutoffs)

@@ -51,6 +51,9 @@ START = "start"
 SIGNALS = (*RULES, START)
 _ATTRIBUTE_RULES = RULES[:3]
 
+_INT_KNOBS = ("n_users", "n_items", "image_size", "window", "seed")
+_RATE_KNOBS = ("s_v", "s_t", "s_cf", "cold_share", "cold_target_rate", "missing_image_rate",
+               "missing_text_rate", "redundancy")
 _SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size, then area-averaged
 
 
@@ -75,9 +78,23 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "seq_len", tuple(self.seq_len))
-        for name in ("s_v", "s_t", "s_cf", "cold_share", "cold_target_rate",
-                     "missing_image_rate", "missing_text_rate", "redundancy"):
+        for name in _INT_KNOBS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"synthetic: {name}={value!r} must be an integer")
+        for name in (*_RATE_KNOBS, "zipf"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"synthetic: {name}={value!r} must be a number")
+            object.__setattr__(self, name, float(value))  # 1 and 1.0 give the same key()
+        seq_len = self.seq_len
+        if (not isinstance(seq_len, (tuple, list)) or len(seq_len) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in seq_len)
+                or not 3 <= seq_len[0] <= seq_len[1]):
+            raise ConfigError(f"synthetic: seq_len={seq_len!r} must be (min, max) integers with "
+                              "3 <= min <= max (training part + validation + test)")
+        object.__setattr__(self, "seq_len", tuple(seq_len))
+        for name in _RATE_KNOBS:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"synthetic: {name}={value} must be in [0, 1]")
@@ -85,9 +102,6 @@ class SyntheticConfig:
         if total > 1.0 + 1e-9:
             raise ConfigError(f"synthetic: s_v + s_t + s_cf = {total:g} must be at most 1 "
                               "(the remainder is popularity noise)")
-        if len(self.seq_len) != 2 or not 3 <= self.seq_len[0] <= self.seq_len[1]:
-            raise ConfigError(f"synthetic: seq_len={self.seq_len} must be (min, max) with "
-                              "3 <= min <= max (training part + validation + test)")
         for name, low in (("n_users", 1), ("window", 1), ("image_size", 16)):
             if getattr(self, name) < low:
                 raise ConfigError(f"synthetic: {name}={getattr(self, name)} must be >= {low}")
@@ -226,17 +240,16 @@ def _render(color: str, shape: str, size: int, rng: np.random.Generator) -> np.n
     from PIL import Image, ImageDraw
 
     yy, xx = np.mgrid[0:size, 0:size] / size
-    low = Image.fromarray(rng.normal(0.0, 18.0, (4, 4)).astype(np.float32), mode="F")
+    low = Image.fromarray(rng.normal(0.0, 18.0, (4, 4)).astype(np.float32))  # smooth blotches
     low = np.asarray(low.resize((size, size), Image.BILINEAR))
-    phi, freq, amp, phase = rng.uniform(0, np.pi), rng.uniform(2, 6), rng.uniform(0, 15), \
-        rng.uniform(0, 2 * np.pi)
+    phi, freq, amp, phase = rng.uniform([0, 2, 0, 0], [np.pi, 6, 15, 2 * np.pi])  # stripes
     stripes = amp * np.sin(2 * np.pi * freq * (xx * np.cos(phi) + yy * np.sin(phi)) + phase)
     gray = rng.uniform(70, 190) + low + stripes
     background = gray[..., None] + rng.normal(0.0, 6.0, 3)  # faint tint, no attribute in it
 
     big = size * _SUPERSAMPLE
-    r = rng.uniform(0.22, 0.34) * big
-    cx, cy = big / 2 + rng.uniform(-0.16, 0.16, 2) * big
+    r = rng.uniform(0.18, 0.3) * big
+    cx, cy = rng.uniform(r, big - r, 2)  # anywhere fully inside the frame
     angle = rng.uniform(-np.pi / 6, np.pi / 6)
     mask = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask)
@@ -296,10 +309,10 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConf
         image = None
         if not no_image[i]:
             image = f"images/{token}.png"
-            Image.fromarray(pixels, mode="RGB").save(root / image, format="PNG")
+            Image.fromarray(pixels).save(root / image, format="PNG")
         named = [brand, color, product] if redundant[i] else [brand, product]
-        text = _description(named, text_rng)
-        title, text = ("", "") if no_text[i] else (" ".join(named), " ".join(text))
+        description = " ".join(_description(named, text_rng))
+        title, text = ("", "") if no_text[i] else (" ".join(named), description)
         item_rows.append((token, title, text, image, color, shape, brand, product,
                           f"g{items.group[i]:02d}", float(items.cold[i])))
 
@@ -308,7 +321,7 @@ def generate_synthetic(root: str | Path, config: SyntheticConfig = SyntheticConf
     user_width = len(str(config.n_users))
     interactions = []
     for u in range(config.n_users):
-        start = int(seq_rng.integers(1_000_000)) * 100
+        start = int(seq_rng.integers(1_000_000))  # only the order within a user matters
         for pos, (item, signal) in enumerate(process.sequence(int(seq_rng.integers(lo, hi + 1)))):
             interactions.append((f"u{u:0{user_width}d}", tokens[item], start + pos, signal))
 

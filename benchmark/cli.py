@@ -1,0 +1,265 @@
+"""The ``bench`` command. Heavy libraries are imported inside the commands that need them, so
+``bench --help`` and ``bench list`` answer at once. A user error prints one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import BenchError, ConfigError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
+
+
+def _key_values(pairs: list[str] | None) -> dict:
+    """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _check_device(device: str) -> str:
+    if device == "cpu":
+        return device
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but MPS is not available")
+    if not (device.startswith("cuda") or device == "mps"):
+        raise ConfigError(f"unknown device {device!r} (cpu, cuda, cuda:N or mps)")
+    return device
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from .config import DatasetEntry, load_suite
+    from .runner import Options, run_suite, summary_table
+
+    suite = load_suite(args.suite)
+    if args.models:
+        from .registry import get_model_spec
+
+        for m in args.models:
+            get_model_spec(m)
+        suite.models = args.models
+    if args.dataset:
+        suite.datasets = [DatasetEntry(args.dataset, str(args.images) if args.images else None,
+                                       _key_values(args.data_option))]
+    elif args.images or args.data_option:
+        for d in suite.datasets:
+            d.images = str(args.images) if args.images else d.images
+            d.options.update(_key_values(args.data_option))
+    if args.seeds:
+        suite.seeds = args.seeds
+    if args.preset:
+        suite.preset = args.preset
+    overrides = _key_values(args.set)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ConfigError("--epochs must be >= 1")
+        overrides["epochs"] = args.epochs
+    suite.params.update(overrides)
+    if args.eval_mode:
+        suite.evaluation["mode"] = args.eval_mode
+    from .config import parse_suite  # re-validate the edited suite before any work
+
+    parse_suite({k: v for k, v in _suite_dict(suite).items()}, "command line")
+    opts = Options(results_dir=Path(args.results_dir), data_dir=args.data_dir,
+                   device=_check_device(args.device), resume=args.resume,
+                   progress=not args.quiet, tracking=not args.no_tracking,
+                   tracking_uri=args.tracking_uri)
+    rows = run_suite(suite, opts)
+    print(f"\nsuite {suite.name}: {len(rows)} runs, results in "
+          f"{opts.results_dir / suite.name / 'summary.json'}")
+    print(summary_table(rows))
+    return 0
+
+
+def _suite_dict(suite) -> dict:
+    return {"name": suite.name, "description": suite.description,
+            "datasets": [{"name": d.name, "images": d.images, "options": d.options}
+                         for d in suite.datasets],
+            "models": suite.models, "seeds": suite.seeds, "preset": suite.preset,
+            "split": suite.split, "evaluation": suite.evaluation, "params": suite.params,
+            "model_params": suite.model_params, "tracking_uri": suite.tracking_uri}
+
+
+def cmd_list(args) -> int:
+    if args.what == "models":
+        from .registry import get_model_spec, list_models
+
+        for name in list_models(args.pattern or "*"):
+            spec = get_model_spec(name)
+            mods = "+".join(spec.modalities) or "-"
+            presets = ",".join(spec.presets) or "-"
+            print(f"{name:<12} {mods:<14} presets: {presets:<12} {spec.description}")
+    elif args.what == "datasets":
+        from .data.catalog import list_datasets
+
+        for name, desc in list_datasets(args.data_dir):
+            print(f"{name:<28} {desc}")
+    else:
+        from .config import list_suites, load_suite
+
+        for name in list_suites():
+            s = load_suite(name)
+            print(f"{name:<14} {s.description}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    import json
+
+    from .data.catalog import default_data_dir
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if args.data_cmd == "inspect":
+        from .data.catalog import resolve_dataset
+        from .data.dataset import load_dataset
+
+        data = load_dataset(resolve_dataset(args.name, data_dir))
+        print(json.dumps(data.manifest, indent=2))
+        return 0
+    if args.data_cmd == "synth":
+        from .data.catalog import resolve_dataset
+
+        root = resolve_dataset("synthetic", data_dir, options=_key_values(args.set))
+        print(root)
+        return 0
+    from .data import importers
+
+    kind = args.kind
+    target = data_dir / args.name if getattr(args, "name", None) else None
+    if kind == "ml-100k":
+        root = importers.import_ml100k(target or data_dir / "ml-100k", images=args.images)
+    elif kind == "sequences":
+        root = importers.import_sequence_file(args.source, args.items, target, args.name)
+    elif kind == "movielens":
+        root = importers.import_movielens_csv(args.source, target, args.name, posters=args.images)
+    elif kind == "amazon":
+        root = importers.import_amazon_raw(args.reviews, args.meta, target, args.name,
+                                           k_core=args.k_core, images=not args.no_images,
+                                           workers=args.workers)
+    else:
+        root = importers.import_atomic_folder(args.source, target or data_dir / args.source.name,
+                                              args.name, images=args.images)
+    from .data.dataset import load_dataset
+
+    m = load_dataset(root).manifest
+    print(f"{root}: {m['counts']} coverage={m['coverage']}")
+    for f in m.get("findings", []):
+        print(f"  finding: {f}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description=(
+        "Benchmark harness for multimodal sequential recommendation (VLM2Rec and baselines)."))
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite (models x datasets x seeds)")
+    r.add_argument("--suite", default="accuracy", help="suite name or YAML path (default: accuracy)")
+    r.add_argument("--models", type=_csv, help="comma-separated model names (default: the suite's)")
+    r.add_argument("--dataset", help="dataset name or folder (default: the suite's)")
+    r.add_argument("--images", type=Path, help="image folder for a built-in dataset (ml-100k)")
+    r.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help="dataset option, e.g. synthetic knobs (repeatable)")
+    r.add_argument("--seeds", type=_ints, help="comma-separated seeds, e.g. 0,1,2")
+    r.add_argument("--epochs", type=int, help="maximum epochs for every trainable model")
+    r.add_argument("--preset", help="model preset (tiny, paper, ...)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a model parameter for every model (repeatable)")
+    r.add_argument("--eval-mode", choices=["full", "sampled"], help="full ranking or sampled")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    r.add_argument("--results-dir", default="results", help="where results go (default: results)")
+    r.add_argument("--data-dir", type=Path, help="dataset folder (default: $BENCH_DATA_DIR or data)")
+    r.add_argument("--resume", action="store_true",
+                   help="skip completed runs and continue killed ones from their checkpoint")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in results dir)")
+    r.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list models, datasets or suites")
+    ls.add_argument("what", choices=["models", "datasets", "suites"])
+    ls.add_argument("pattern", nargs="?", help="glob pattern for model names")
+    ls.add_argument("--data-dir", type=Path)
+    ls.set_defaults(func=cmd_list)
+
+    d = sub.add_parser("data", help="import, generate and inspect datasets")
+    d.add_argument("--data-dir", type=Path, help="dataset folder (default: $BENCH_DATA_DIR or data)")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    ins = dsub.add_parser("inspect", help="print a dataset's manifest")
+    ins.add_argument("name")
+    syn = dsub.add_parser("synth", help="generate the controlled-modality dataset")
+    syn.add_argument("--set", action="append", metavar="KEY=VALUE", help="a knob (repeatable)")
+    imp = dsub.add_parser("import", help="import a dataset into the data folder")
+    isub = imp.add_subparsers(dest="kind", required=True)
+    a = isub.add_parser("ml-100k", help="MovieLens-100K from the recbole wheel")
+    a.add_argument("--images", type=Path, help="poster folder named <item_id>.jpg")
+    a.add_argument("--name")
+    a = isub.add_parser("sequences", help="'user item1 item2 ...' lines + optional item TSV")
+    a.add_argument("source", type=Path)
+    a.add_argument("--items", type=Path, help="item table (TSV with a header)")
+    a.add_argument("--name", required=True)
+    a = isub.add_parser("movielens", help="MovieLens CSV release folder (ratings.csv, movies.csv)")
+    a.add_argument("source", type=Path)
+    a.add_argument("--images", type=Path, help="poster folder named <movieId>.jpg")
+    a.add_argument("--name", required=True)
+    a = isub.add_parser("amazon", help="raw Amazon reviews + metadata (2014/2018/2023 JSONL)")
+    a.add_argument("--reviews", type=Path, required=True)
+    a.add_argument("--meta", type=Path, required=True)
+    a.add_argument("--name", required=True)
+    a.add_argument("--k-core", type=int, default=5)
+    a.add_argument("--no-images", action="store_true", help="do not download images")
+    a.add_argument("--workers", type=int, default=8)
+    a = isub.add_parser("atomic", help="a folder of RecBole atomic files (+ images)")
+    a.add_argument("source", type=Path)
+    a.add_argument("--images", type=Path)
+    a.add_argument("--name")
+    d.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Running a suite: every (dataset, model, seed) as one tracked, resumable, atomically stored run.
+
+Results layout (``--results-dir DIR``)::
+
+    DIR/<suite>/summary.json                        one row per model x dataset x seed
+    DIR/<suite>/splits/<dataset>.json               the split's checksum and counts
+    DIR/<suite>/runs/<dataset>/<model>/seed-<s>/    result.json (metrics + provenance card),
+                                                    per_case.npz (ranks of every case),
+                                                    config.json, model.pt, checkpoint.pt (while training)
+    DIR/mlflow.db, DIR/mlartifacts/                 MLflow (unless another tracking URI is given)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import DatasetEntry, Suite
+from .errors import BenchError
+from .io import atomic_write, atomic_write_json, read_json, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Options:
+    results_dir: Path = Path("results")
+    data_dir: Path | None = None
+    device: str = "cpu"
+    resume: bool = False
+    progress: bool = True
+    tracking: bool = True
+    tracking_uri: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A dataset loaded once per suite, with its split and evaluator settings."""
+
+    entry: DatasetEntry
+    data: object
+    split: object
+    labels: dict
+
+
+def prepare_dataset(entry: DatasetEntry, suite: Suite, opts: Options) -> Prepared:
+    from .data.catalog import resolve_dataset
+    from .data.dataset import load_dataset
+    from .split import make_split
+
+    root = resolve_dataset(entry.name, opts.data_dir, Path(entry.images) if entry.images else None,
+                           entry.options)
+    data = load_dataset(root)
+    split_args = dict(suite.split)
+    split = make_split(data, split_args.pop("kind", "loo"), **split_args)
+    labels = {k: v for k, v in data.inter_fields.items()
+              if v.dtype == object and len(set(v.tolist())) <= 32}
+    return Prepared(entry, data, split, labels)
+
+
+def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str):
+    """Instantiate a registered model on a dataset (a RecBole model gets a RecBole Config)."""
+    from .recbole_compat import DatasetView, recbole_config
+    from .training import seed_everything
+
+    cls = spec.load()
+    config = recbole_config(cls, data.root, data.name, {**params, "seed": seed, "device": device},
+                            run_dir)
+    seed_everything(seed)
+    model = cls(config, DatasetView(data))
+    return model.to(device)
+
+
+def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Options,
+            tracker, parent_run: str | None, env_card: dict) -> dict:
+    import torch
+
+    from .evaluation import Evaluator
+    from .registry import get_model_spec
+    from .training import Trainer
+
+    spec = get_model_spec(model_name)
+    params = spec.resolve(suite.preset, suite.model_overrides(model_name))
+    ev = suite.evaluation
+    run_dir = opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
+    identity = {"model": model_name, "params": params, "dataset": prep.data.content_hash,
+                "split": prep.split.checksum, "evaluation": ev, "seed": seed}
+    config_hash = stable_hash(identity)
+    result_path = run_dir / "result.json"
+    if opts.resume and result_path.exists():
+        done = read_json(result_path)
+        if done.get("config_hash") == config_hash:
+            log.info("skip %s/%s/seed-%d: already complete", prep.entry.label, model_name, seed)
+            return done["row"]
+    checkpoint = run_dir / "checkpoint.pt"
+    if not opts.resume and checkpoint.exists():
+        checkpoint.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", identity)
+
+    t0 = time.perf_counter()
+    run_name = f"{prep.entry.label}/{model_name}/seed-{seed}"
+    run_id = tracker.start(run_name, params={**params, "seed": seed, "dataset": prep.entry.label,
+                                             "model": model_name, "evaluation": ev},
+                           parent=parent_run,
+                           tags={"model": model_name, "dataset": prep.entry.label,
+                                 "suite": suite.name, "config_hash": config_hash})
+    try:
+        model = build_model(spec, params, prep.data, run_dir, seed, opts.device)
+        max_len = params.get("MAX_ITEM_LIST_LENGTH", 50)
+        evaluator = Evaluator(prep.split, prep.data.n_items, max_len, mode=ev["mode"],
+                              n_negatives=ev.get("n_negatives", 100), ks=ev.get("ks", (5, 10, 20)),
+                              batch_size=params.get("eval_batch_size", 512),
+                              candidate_seed=int(ev.get("candidate_seed", 0)),
+                              case_labels=prep.labels)
+        trainer = None
+        train_info: dict = {}
+        if spec.trainable:
+            trainer = Trainer(model, params, prep.split, evaluator, seed, opts.device, checkpoint,
+                              progress=opts.progress,
+                              on_epoch=lambda ep, row: tracker.log_metrics(run_id, row, step=ep))
+            outcome = trainer.fit(resume=opts.resume)
+            train_info = {"best_epoch": outcome.best_epoch, "epochs": outcome.epochs_run,
+                          "train_seconds": outcome.seconds, "resumed_from": outcome.resumed_from,
+                          "history": outcome.history}
+            score = trainer.score
+        else:
+            model.fit_statistics(prep.split.train_sequences())
+
+            def score(users, seq, lens):
+                from recbole.data.interaction import Interaction
+
+                return model.full_sort_predict(Interaction(
+                    {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
+        model.eval()
+        valid = evaluator.evaluate(score, "valid")
+        test = evaluator.evaluate(score, "test")  # touched once, after model selection
+        wall = time.perf_counter() - t0
+        _save_npz(run_dir / "per_case.npz", valid_users=valid.users, valid_ranks=valid.ranks,
+                  test_users=test.users, test_ranks=test.ranks)
+        atomic_write(run_dir / "model.pt", lambda p: torch.save(model.state_dict(), p))
+        row = {"suite": suite.name, "dataset": prep.entry.label, "model": model_name,
+               "seed": seed, "status": "ok", "valid": valid.metrics, "test": test.metrics,
+               "test_groups": test.groups, "test_group_sizes": test.group_sizes,
+               "wall_seconds": wall, "run_dir": str(run_dir), "mlflow_run_id": run_id,
+               "best_epoch": train_info.get("best_epoch"), "epochs": train_info.get("epochs")}
+        card = {**env_card, "dataset": {"name": prep.entry.label,
+                                        "content_hash": prep.data.content_hash,
+                                        "counts": prep.data.manifest.get("counts"),
+                                        "coverage": prep.data.manifest.get("coverage"),
+                                        "findings": prep.data.manifest.get("findings")},
+                "split": prep.split.summary(), "config_hash": config_hash, "config": identity,
+                "seed": seed, "wall_seconds": wall, "mlflow_run_id": run_id,
+                "tracking_uri": tracker.uri}
+        atomic_write_json(result_path, {"config_hash": config_hash, "row": row,
+                                        "train": train_info, "provenance": card})
+        if checkpoint.exists():
+            checkpoint.unlink()
+        tracker.log_metrics(run_id, {**{f"valid_{k}": v for k, v in valid.metrics.items()},
+                                     **{f"test_{k}": v for k, v in test.metrics.items()},
+                                     "wall_seconds": wall})
+        for group, metrics in test.groups.items():
+            tracker.log_metrics(run_id, {f"test_{group}_{k}": v for k, v in metrics.items()})
+        tracker.log_files(run_id, [result_path, run_dir / "per_case.npz",
+                                             run_dir / "config.json"])
+        tracker.end(run_id)
+        return row
+    except KeyboardInterrupt:
+        tracker.end(run_id, status="KILLED")
+        raise
+    except Exception:
+        tracker.end(run_id, status="FAILED")
+        raise
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def run_suite(suite: Suite, opts: Options) -> list[dict]:
+    """Run every (dataset, model, seed) of a suite; ``summary.json`` is rewritten after each."""
+    from tqdm.auto import tqdm
+
+    from .provenance import environment_card
+    from .tracking import Tracker
+
+    suite_dir = opts.results_dir / suite.name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(opts.results_dir, experiment=f"bench-{suite.name}",
+                      uri=opts.tracking_uri or suite.tracking_uri, enabled=opts.tracking)
+    parent_file = suite_dir / "suite_run.json"
+    parent = None
+    if opts.resume and parent_file.exists():
+        parent = read_json(parent_file).get("mlflow_run_id")
+    if parent is None:
+        parent = tracker.start(suite.name, params={"models": suite.models, "seeds": suite.seeds,
+                                                   "datasets": [d.label for d in suite.datasets],
+                                                   "preset": suite.preset})
+        atomic_write_json(parent_file, {"mlflow_run_id": parent, "tracking_uri": tracker.uri})
+    env_card = environment_card(opts.device)
+    rows: list[dict] = []
+    total = len(suite.datasets) * len(suite.models) * len(suite.seeds)
+    bar = tqdm(total=total, desc=f"suite {suite.name}", disable=not opts.progress)
+    try:
+        for entry in suite.datasets:
+            prep = prepare_dataset(entry, suite, opts)
+            atomic_write_json(suite_dir / "splits" / f"{entry.label}.json",
+                              {**prep.split.summary(), "dataset_hash": prep.data.content_hash})
+            for model in suite.models:
+                for seed in suite.seeds:
+                    bar.set_postfix_str(f"{entry.label}/{model}/seed-{seed}")
+                    rows.append(run_one(suite, prep, model, seed, opts, tracker, parent, env_card))
+                    write_summary(suite, rows, suite_dir)
+                    bar.update(1)
+    finally:
+        bar.close()
+    tracker.end(parent)
+    return rows
+
+
+def write_summary(suite: Suite, rows: list[dict], suite_dir: Path) -> None:
+    atomic_write_json(suite_dir / "summary.json", {"suite": suite.name, "rows": rows})
+
+
+def summary_table(rows: list[dict], metrics=("ndcg@10", "hr@10", "mrr@10")) -> str:
+    """Mean +- 95% CI over seeds, per dataset and model; signal groups when the data has them."""
+    from .stats import mean_ci
+
+    groups = sorted({g for r in rows for g in r.get("test_groups", {})
+                     if g.startswith("signal=") and "," not in g and g != "signal=start"})
+    cols = [f"test {m}" for m in metrics] + [f"{g[7:]} ndcg@10" for g in groups]
+    header = ["dataset", "model", "seeds", *cols]
+    lines = []
+    keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    for dataset, model in keys:
+        sel = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
+        cells = [dataset, model, str(len(sel))]
+        for m in metrics:
+            mean, ci = mean_ci([r["test"][m] for r in sel])
+            cells.append(f"{mean:.4f} ± {ci:.4f}")
+        for g in groups:
+            vals = [r["test_groups"][g]["ndcg@10"] for r in sel if g in r.get("test_groups", {})]
+            mean, ci = mean_ci(vals)
+            cells.append(f"{mean:.4f} ± {ci:.4f}")
+        lines.append(cells)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    out += [fmt.format(*cells) for cells in lines]
+    return "\n".join(out)

@@ -1,0 +1,38 @@
+"""Shared fixtures: small datasets built in temporary folders (never the real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def random_sequences(n_users: int = 40, n_items: int = 60, min_len: int = 5, max_len: int = 15,
+                     seed: int = 0) -> list[tuple[str, str, float]]:
+    """Interactions of users with a weak next-item structure, integer timestamps."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    t = 0
+    for u in range(n_users):
+        length = int(rng.integers(min_len, max_len + 1))
+        start = int(rng.integers(0, n_items))
+        items = [(start + 2 * k + int(rng.integers(0, 3))) % n_items for k in range(length)]
+        items = list(dict.fromkeys(items))
+        for i in items:
+            rows.append((f"u{u}", f"i{i}", float(t)))
+            t += 1
+    rng.shuffle(rows)  # file order differs from time order
+    return rows
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    from benchmark.data.dataset import write_dataset
+
+    rows = random_sequences()
+    items = sorted({r[1] for r in rows}, key=lambda s: int(s[1:]))
+    return write_dataset(tmp_path / "tiny", "tiny", rows,
+                         [(i, f"title {i}", f"text of {i}", None) for i in items])

@@ -1,0 +1,113 @@
+"""Metrics: hand-computed cases and agreement with RecBole's evaluator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.evaluation import NonFiniteScores, case_metrics, rank_among, rank_full
+
+
+def test_metrics_from_ranks_by_hand():
+    m = case_metrics(np.array([0, 1, 4, 9, 10, 25]), ks=(5, 10))
+    assert m["hr@5"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert m["hr@10"].tolist() == [1, 1, 1, 1, 0, 0]
+    assert m["ndcg@10"][0] == 1.0
+    assert m["ndcg@10"][1] == pytest.approx(1 / math.log2(3))
+    assert m["ndcg@10"][3] == pytest.approx(1 / math.log2(11))
+    assert m["ndcg@5"][3] == 0.0
+    assert m["mrr@10"].tolist() == pytest.approx([1, 1 / 2, 1 / 5, 1 / 10, 0, 0])
+
+
+def test_rank_full_excludes_history_and_padding_but_never_the_target():
+    # items 0 (pad) .. 5; user history [3, 4]; target 2
+    scores = torch.tensor([[9.0, 1.0, 5.0, 8.0, 7.0, 6.0]])
+    seq = torch.tensor([[3, 4, 0]])
+    lens = torch.tensor([2])
+    # without history: pad excluded, 3, 4, 5 beat the target -> rank 3
+    assert rank_full(scores, torch.tensor([2]), seq, torch.tensor([0])).tolist() == [3]
+    # with history 3 and 4 excluded -> only item 5 beats it
+    assert rank_full(scores, torch.tensor([2]), seq, lens).tolist() == [1]
+    # a target seen before is still ranked (not excluded): target 3, history [3, 4]
+    assert rank_full(scores, torch.tensor([3]), seq, lens).tolist() == [0]
+
+
+def test_ties_are_broken_by_item_id():
+    scores = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])
+    none = torch.zeros((1, 1), dtype=torch.long)
+    ranks = [rank_full(scores, torch.tensor([t]), none, torch.tensor([0]))[0] for t in (1, 2, 4)]
+    assert ranks == [0, 1, 3]
+
+
+def test_rank_among_sampled_candidates():
+    scores = torch.tensor([[0.0, 0.5, 0.9, 0.1, 0.7]])
+    assert rank_among(scores, torch.tensor([1]), torch.tensor([[2, 3, 4]])).tolist() == [2]
+    assert rank_among(scores, torch.tensor([2]), torch.tensor([[1, 3, 4]])).tolist() == [0]
+
+
+def test_agrees_with_recbole_evaluator():
+    from benchmark.recbole_compat import import_recbole
+
+    import_recbole()
+    from recbole.evaluator.collector import DataStruct
+    from recbole.evaluator.metrics import MRR, NDCG, Hit
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 300, 500
+    scores = torch.from_numpy(rng.normal(size=(n_users, n_items)).astype(np.float32))
+    targets = torch.from_numpy(rng.integers(1, n_items, size=n_users))
+    no_hist = torch.zeros((n_users, 1), dtype=torch.long)
+    ranks = rank_full(scores, targets, no_hist, torch.zeros(n_users, dtype=torch.long))
+    ours = {k: v.mean() for k, v in case_metrics(ranks, ks=(5, 10, 20)).items()}
+
+    # RecBole's path: top-k over the same masked scores, a boolean hit matrix, its metric classes
+    masked = scores.clone()
+    masked[:, 0] = -torch.inf
+    topk = torch.topk(masked, 20, dim=1).indices
+    pos_index = (topk == targets.unsqueeze(1)).int()
+    pos_len = torch.ones(n_users, 1, dtype=torch.int)
+    data = DataStruct()
+    data.set("rec.topk", torch.cat([pos_index, pos_len], dim=1))
+    config = {"topk": [5, 10, 20], "metric_decimal_place": 10}
+    for cls, name in ((Hit, "hit"), (NDCG, "ndcg"), (MRR, "mrr")):
+        theirs = cls(config).calculate_metric(data)
+        for k in (5, 10, 20):
+            ours_name = name.replace("hit", "hr")
+            assert ours[f"{ours_name}@{k}"] == pytest.approx(theirs[f"{name}@{k}"], abs=1e-6)
+
+
+def test_nan_scores_are_refused(tiny_dataset):
+    from benchmark.data.dataset import load_dataset
+    from benchmark.evaluation import Evaluator
+    from benchmark.split import make_split
+
+    data = load_dataset(tiny_dataset)
+    ev = Evaluator(make_split(data), data.n_items, max_len=5)
+
+    def nan_scores(users, seq, lens):
+        s = torch.zeros(len(users), data.n_items)
+        s[:, 3] = torch.nan
+        return s
+
+    with pytest.raises(NonFiniteScores):
+        ev.evaluate(nan_scores, "test")
+
+
+def test_sampled_candidates_fixed_and_exclude_history(tiny_dataset):
+    from benchmark.data.dataset import load_dataset
+    from benchmark.evaluation import Evaluator
+    from benchmark.split import make_split
+
+    data = load_dataset(tiny_dataset)
+    split = make_split(data)
+    a = Evaluator(split, data.n_items, 5, mode="sampled", n_negatives=10, candidate_seed=3)
+    b = Evaluator(split, data.n_items, 5, mode="sampled", n_negatives=10, candidate_seed=3)
+    ca, cb = a.sampled_candidates("test"), b.sampled_candidates("test")
+    assert np.array_equal(ca, cb)
+    for j, (u, p) in enumerate(zip(split.test.user, split.test.pos)):
+        seen = set(split.sequences[u][:p + 1].tolist())
+        assert not seen & set(ca[j].tolist())
+        assert len(set(ca[j].tolist())) == 10 and 0 not in ca[j]
