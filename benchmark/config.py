@@ -21,7 +21,8 @@ class DatasetEntry:
 
     @property
     def label(self) -> str:
-        return self.name + ("+images" if self.images else "")
+        """A folder-safe name: a dataset given as a path is labelled by its folder name."""
+        return Path(self.name).name + ("+images" if self.images else "")
 
 
 @dataclass
@@ -39,7 +40,12 @@ class Suite:
     tracking_uri: str | None = None
 
     def model_overrides(self, model: str) -> dict[str, Any]:
-        return {**self.params, **self.model_params.get(model, {})}
+        """Suite-wide params that this model has, then its own params (which must all exist)."""
+        from .registry import get_model_spec
+
+        known = get_model_spec(model).all_defaults()
+        shared = {k: v for k, v in self.params.items() if k in known}
+        return {**shared, **self.model_params.get(model, {})}
 
 
 def list_suites() -> list[str]:
@@ -114,6 +120,15 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
                   preset=raw.get("preset"), description=raw.get("description", ""), split=split,
                   evaluation=evaluation, params=dict(raw.get("params") or {}),
                   model_params=model_params, tracking_uri=raw.get("tracking_uri"))
-    for m in suite.models:  # fail before any training on a bad parameter
+    # Fail before any training on a bad parameter: a suite-wide one must exist in some model.
+    accepted = set().union(*(get_model_spec(m).all_defaults() for m in suite.models))
+    for key in suite.params:
+        if key not in accepted:
+            import difflib
+
+            near = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}: no model of the suite has a parameter {key!r}{hint}")
+    for m in suite.models:
         get_model_spec(m).resolve(suite.preset, suite.model_overrides(m))
     return suite

@@ -75,8 +75,14 @@ def recbole_config(model_cls, dataset_root: str | Path, name: str, params: dict,
         "loss_type": "CE",
     }
     base.update(params)
-    with recbole_workdir(run_dir):
-        return Config(model=model_cls, dataset=name, config_dict=base)
+    import sys
+
+    argv, sys.argv = sys.argv, sys.argv[:1]  # RecBole's Config also reads --key=value from argv
+    try:
+        with recbole_workdir(run_dir):
+            return Config(model=model_cls, dataset=name, config_dict=base)
+    finally:
+        sys.argv = argv
 
 
 @contextlib.contextmanager

@@ -58,8 +58,6 @@ class ModelSpec:
             params.update(self.presets[preset])
         for key, value in (overrides or {}).items():
             if key not in params:
-                if not self.trainable and key in TRAIN_DEFAULTS:
-                    continue  # suite-wide training settings do not apply to untrained models
                 near = difflib.get_close_matches(key, params, n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise ConfigError(f"model {self.name!r} has no parameter {key!r}{hint}")

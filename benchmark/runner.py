@@ -160,7 +160,7 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                                         "train": train_info, "provenance": card})
         if checkpoint.exists():
             checkpoint.unlink()
-        tracker.log_metrics(run_id, {**{f"valid_{k}": v for k, v in valid.metrics.items()},
+        tracker.log_metrics(run_id, {**{f"best_valid_{k}": v for k, v in valid.metrics.items()},
                                      **{f"test_{k}": v for k, v in test.metrics.items()},
                                      "wall_seconds": wall})
         for group, metrics in test.groups.items():

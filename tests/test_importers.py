@@ -18,13 +18,13 @@ from PIL import Image
 from benchmark.data.atomic import read_atomic
 from benchmark.data.dataset import load_dataset
 from benchmark.data.importers import (
+    download,
     import_amazon_raw,
     import_atomic_folder,
     import_ml100k,
     import_movielens_csv,
     import_sequence_file,
 )
-from benchmark.data.importers import download
 from benchmark.data.importers.amazon import read_records
 from benchmark.data.importers.atomic_folder import ml100k_dir
 from benchmark.data.importers.common import build_text
@@ -147,7 +147,7 @@ def test_sequence_file_bad_input(tmp_path, content, message):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("asin\ttitle\nx\ty\n", r"items\.tsv: no item id column \(expected one of: item_id"),
+    ("sku\ttitle\nx\ty\n", r"items\.tsv: no item id column \(expected one of: item_id"),
     ("item_id\ttitle\na\tA\tstray\n", r"items\.tsv:2: expected 2 fields"),
     ("item_id\ttitle\na\tA\na\tA again\n", r"items\.tsv:3: item 'a' appears again"),
     ("", r"items\.tsv: empty file"),
@@ -251,8 +251,8 @@ def test_atomic_folder_with_recbole_names(tmp_path):
     assert item.fields == ["item_id", "title", "text", "image", "categories", "sku_id", "price"]
     assert item.types["price"] == "float"
     assert item.columns["title"] == ["Red Mug", "Blue Mug", "Unsold"]
-    assert item.columns["text"] == ["Red Mug. Categories: Kitchen, Cups", "Blue Mug. Categories: "
-                                    "Kitchen", "Unsold"]
+    assert item.columns["text"] == ["Red Mug. Categories: Kitchen, Cups",
+                                    "Blue Mug. Categories: Kitchen", "Unsold"]
     assert item.columns["image"] == ["images/i1.jpg", "images/i2.png", ""]
     assert manifest(root)["coverage"]["items_with_readable_image"] == 2
 
@@ -270,19 +270,20 @@ def test_atomic_folder_errors(tmp_path):
     (src / "a.inter").write_text("user_id:token\titem_id:token\nu\ti\tx\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"a\.inter:2: expected 2 tab-separated fields"):
         import_atomic_folder(src, tmp_path / "out")
+    (src / "a.inter").write_text("user_id:token\titem_id:token\nu\ti\n", encoding="utf-8")
+    with pytest.raises(DataError, match="must differ from the input folder"):
+        import_atomic_folder(src, src)
     (src / "b.inter").write_text("user_id:token\titem_id:token\n", encoding="utf-8")
     with pytest.raises(DataError, match="expected exactly one .inter file"):
         import_atomic_folder(src, tmp_path / "out")
-    with pytest.raises(DataError, match="must differ from the input folder"):
-        import_atomic_folder(src, src)
 
 
 # --- raw Amazon reviews, images over real HTTP ---------------------------------------------------
 
 JPEG = image_bytes("JPEG")
 PNG = image_bytes("PNG", (10, 120, 240))
-SLOW_S = 1.5
-TIMEOUT_S = 0.4
+SLOW_S = 2.0
+TIMEOUT_S = 0.6
 
 
 class ImageServer:
@@ -294,7 +295,7 @@ class ImageServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
+            def do_GET(self):
                 with server.lock:
                     server.requests[self.path] += 1
                     n = server.requests[self.path]
@@ -320,7 +321,8 @@ class ImageServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -365,7 +367,7 @@ def test_amazon_2014_layout_k_core_and_image_cache(tmp_path, server):
         {"asin": "D", "title": "Delta", "imUrl": f"{url}/good.png"},
     ], loose=True)
     cache = tmp_path / "cache"
-    run = dict(k_core=2, workers=4, cache_dir=cache, timeout=TIMEOUT_S, retries=2)
+    run = {"k_core": 2, "workers": 4, "cache_dir": cache, "timeout": TIMEOUT_S, "retries": 2}
     root = import_amazon_raw(review_file, meta_file, tmp_path / "out", "beauty", **run)
     assert inter_rows(root, "beauty") == [
         ("u1", "A", 100.0, 5.0), ("u1", "B", 200.0, 5.0), ("u1", "C", 300.0, 5.0),
@@ -417,7 +419,8 @@ def test_amazon_2023_layout_timeouts_and_retries(tmp_path, server):
              {"variant": "MAIN", "thumb": f"{url}/missing.jpg", "large": f"{url}/{img}",
               "hi_res": None}]}
         for p, img in items.items()])
-    run = dict(k_core=3, workers=8, cache_dir=tmp_path / "cache", timeout=TIMEOUT_S, retries=1)
+    run = {"k_core": 3, "workers": 8, "cache_dir": tmp_path / "cache", "timeout": TIMEOUT_S,
+           "retries": 1}
     root = import_amazon_raw(review_file, meta_file, tmp_path / "out", "beauty23", **run)
     rows = inter_rows(root, "beauty23")
     assert len(rows) == 15 and {r[0] for r in rows} == {"U1", "U2", "U3"}  # U4 fails the 3-core
@@ -457,7 +460,8 @@ def test_amazon_errors(tmp_path):
     with pytest.raises(DataError, match="no interactions left after 5-core filtering"):
         import_amazon_raw(bad, meta, tmp_path / "out", "x", images=False)
     broken = tmp_path / "reviews.json.gz"
-    broken.write_bytes(gzip.compress(b'{"a": 1}\n' * 100)[:40])
+    line = b'{"reviewerID": "u", "asin": "A", "unixReviewTime": 1}\n'
+    broken.write_bytes(gzip.compress(line * 1000)[:60])
     with pytest.raises(DataError, match=r"reviews\.json\.gz:\d+: cannot read"):
         import_amazon_raw(broken, meta, tmp_path / "out", "x", images=False)
 
@@ -479,3 +483,37 @@ def test_build_text():
                       "Some description.") == "Title. Brand: X. Categories: a, b. Some description."
     assert build_text("Wow!", [("Brand", None), ("Tags", [])], ["d1", "d1"]) == "Wow! d1"
     assert build_text("", [("Brand", "X")]) == "Brand: X"
+
+
+def test_input_inside_the_output_images_folder_is_refused(tmp_path):
+    posters = tmp_path / "out" / "images"
+    posters.mkdir(parents=True)
+    (posters / "1.jpg").write_bytes(image_bytes())
+    with pytest.raises(DataError, match="must differ from the input folder"):
+        import_ml100k(tmp_path / "out", images=posters)
+    assert (posters / "1.jpg").is_file()
+
+
+def test_amazon_2018_layout_without_images(tmp_path):
+    reviews = write_lines(tmp_path / "Luxury_Beauty_5.json", [
+        {"reviewerID": u, "asin": i, "unixReviewTime": t, "overall": 4.0, "verified": True}
+        for t, (u, i) in enumerate([("a", "X"), ("a", "Y"), ("b", "Y"), ("b", "X")])])
+    meta = write_lines(tmp_path / "meta_Luxury_Beauty.json.gz", [
+        {"asin": "X", "title": "Cream", "brand": "", "category": ["Luxury Beauty", "Skin Care"],
+         "description": ["<p>Rich &amp; light.</p>", "Daily use."],
+         "imageURLHighRes": ["https://example.invalid/x.jpg"], "feature": ["Vegan"]},
+        {"asin": "X", "title": "Duplicate record, ignored"},
+        {"asin": "Y", "title": "Serum", "brand": "Lab", "image": ["http://example.invalid/y.jpg"]},
+    ])
+    root = import_amazon_raw(reviews, meta, tmp_path / "out", "lux", k_core=2, images=False)
+    item = read_atomic(root / "lux.item")
+    assert item.columns["item_id"] == ["X", "Y"]
+    assert item.columns["text"] == [
+        "Cream. Categories: Luxury Beauty, Skin Care. Rich & light. Daily use. Vegan",
+        "Serum. Brand: Lab"]
+    assert item.columns["image_url"] == ["https://example.invalid/x.jpg",
+                                         "http://example.invalid/y.jpg"]
+    m = manifest(root)
+    assert m["counts"] == {"users": 2, "items": 2, "interactions": 4}
+    assert m["source"]["images"] == {"items": 2, "with_image": 0, "without_image": 2}
+    assert "download" not in m["source"]

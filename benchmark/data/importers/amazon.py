@@ -51,7 +51,7 @@ def import_amazon_raw(reviews: Path, meta: Path, root: Path, name: str, k_core: 
     Items without a usable image are counted in the manifest, never an error.
     """
     reviews, meta, root = Path(reviews), Path(meta), Path(root)
-    prepare_root(root, name, sources=[reviews.parent, meta.parent])
+    prepare_root(root, name, sources=[reviews.parent, meta.parent, cache_dir])
     log = InteractionLog(extra=("rating",))
     for lineno, rec in read_records(reviews):
         user, item = _field(rec, USER_KEYS), _field(rec, ITEM_KEYS)
@@ -148,7 +148,8 @@ def _describe(rec: dict) -> tuple[str, str, str | None]:
     """``(title, text, image URL)`` of a metadata record of any layout."""
     title = _plain(rec.get("title") or "")
     brand = _plain(rec.get("brand") or rec.get("store") or "")
-    categories = _strings(rec.get("categories", rec.get("category")))
+    categories = _strings(rec.get("main_category")) + _strings(rec.get("categories",
+                                                                        rec.get("category")))
     description = _strings(rec.get("description")) + _strings(rec.get("features",
                                                                         rec.get("feature")))
     text = build_text(title, [("Brand", brand), ("Categories", categories)], description)

@@ -67,7 +67,7 @@ def _convert(src: Path, root: Path, name: str | None, images: Path | None,
              source: dict) -> Path:
     stem = find_name(src)
     name = name or stem
-    prepare_root(root, name, sources=[src])
+    prepare_root(root, name, sources=[src, images])
     inter_path, item_path = src / f"{stem}.inter", src / f"{stem}.item"
     inter = read_atomic(inter_path)
     user = inter.fields[find_column(inter.fields, USER_COLUMNS, inter_path, "user id")]

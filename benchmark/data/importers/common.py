@@ -177,12 +177,11 @@ class Interactions:
 
     def rows(self) -> Iterator[tuple]:
         """``(user, item, timestamp, *extra)`` rows for ``write_dataset`` (NaN -> empty)."""
-        extras = list(self.extra.values())
-        for n, (u, i, t) in enumerate(zip(self.user.tolist(), self.item.tolist(),
-                                          self.time.tolist())):
-            values = [x[n] for x in extras]
+        columns = [self.user.tolist(), self.item.tolist(), self.time.tolist(),
+                   *(x.tolist() for x in self.extra.values())]
+        for u, i, t, *extra in zip(*columns):
             yield (self.users[u], self.items[i], t,
-                   *(None if math.isnan(v) else v for v in values))
+                   *(None if math.isnan(v) else v for v in extra))
 
 
 class InteractionLog:
@@ -235,14 +234,23 @@ def sort_by_user_time(inter: Interactions) -> Interactions:
 
 # --- dataset folder and images -------------------------------------------------------------------
 
-def prepare_root(root: Path, name: str, sources: Iterable[Path] = ()) -> Path:
-    """Check that ``root`` can receive dataset ``name`` (empty, or an older import of it)."""
+def prepare_root(root: Path, name: str, sources: Iterable[Path | None] = ()) -> Path:
+    """Check that ``root`` can receive dataset ``name`` (new, empty, or an older import of the
+    same dataset) without touching the input: ``sources`` (input folders, image folders) must
+    be neither ``root`` itself nor inside ``root/images``, which the importer rewrites."""
     root = Path(root)
     if not name or not _SAFE_NAME.fullmatch(name):
         raise DataError(f"dataset name {name!r}: use letters, digits, '.', '_' or '-'")
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: exists and is not a folder")
+    out, images = root.resolve(), (root / IMAGES_DIR).resolve()
     for src in sources:
-        if src is not None and Path(src).resolve() == root.resolve():
-            raise DataError(f"{root}: the output folder must differ from the input folder")
+        if src is None:
+            continue
+        src = Path(src).resolve()
+        if src == out or src.is_relative_to(images):
+            raise DataError(f"{root}: the output folder must differ from the input folder "
+                            f"{src} (and must not contain it in images/)")
     others = [p.name for p in root.glob("*.inter") if p.stem != name] if root.is_dir() else []
     if others:
         raise DataError(f"{root}: already holds another dataset ({', '.join(others)}); "
@@ -293,9 +301,12 @@ def place_images(sources: Mapping[str, Path], root: Path, link: bool = False) ->
     folder = Path(root) / IMAGES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     placed: dict[str, str] = {}
+    taken: set[str] = set()  # case-folded: distinct on case-insensitive file systems too
     for token, src in sources.items():
-        stem = token if _SAFE_NAME.fullmatch(token) else hashlib.sha1(token.encode()).hexdigest()
-        dst = folder / f"{stem}{image_suffix(src)}"
+        dst = folder / _image_name(token, image_suffix(src), taken)
+        if dst.exists() and dst.samefile(src):
+            placed[token] = f"{IMAGES_DIR}/{dst.name}"
+            continue
         if dst.exists() or dst.is_symlink():
             dst.unlink()
         if not (link and _try_link(src, dst)):
@@ -306,6 +317,16 @@ def place_images(sources: Mapping[str, Path], root: Path, link: bool = False) ->
         if old.name not in used and old.is_file():
             old.unlink()
     return placed
+
+
+def _image_name(token: str, suffix: str, taken: set[str]) -> str:
+    """File name for an item's image: the token itself when it is a safe, still unused name,
+    else the token's hash."""
+    name = f"{token}{suffix}"
+    if not _SAFE_NAME.fullmatch(token) or name.casefold() in taken:
+        name = f"{hashlib.sha1(token.encode()).hexdigest()[:20]}{suffix}"
+    taken.add(name.casefold())
+    return name
 
 
 def _try_link(src: Path, dst: Path) -> bool:
@@ -338,8 +359,13 @@ def label(key: str) -> str:
     return LABELS.get(key, key.replace("_", " ").capitalize())
 
 
-def _id_like(key: str) -> bool:
-    return key.endswith("id") or key in ("asin", "parent_asin") or "url" in key
+def _id_like(name: str) -> bool:
+    """An identifier or address column (``sku_id``, ``movieId``, ``asin``, ``image_url``):
+    no use in the item text."""
+    name = name.rsplit(":", 1)[0].strip()
+    key = name.lower()
+    return (key in ("id", "asin", "parent_asin") or key.endswith("_id")
+            or name.endswith(("Id", "ID")) or "url" in key)
 
 
 @dataclass
@@ -379,9 +405,10 @@ def collect_items(path: Path, header: Sequence[str], rows: Iterable[tuple[int, S
     description = [i for i, k in enumerate(keys)
                    if k in DESCRIPTION_COLUMNS and texty[i] and i not in used]
     attributes = [i for i, k in enumerate(keys)
-                  if texty[i] and not _id_like(k) and i not in used and i not in description]
-    extras = [i for i, k in enumerate(keys)
-              if i not in used and i not in description and k not in RESERVED_ITEM_FIELDS]
+                  if texty[i] and not _id_like(header[i]) and i not in used
+                  and i not in description]
+    extras = [i for i, k in enumerate(keys) if i not in used and i not in description
+              and k not in RESERVED_ITEM_FIELDS and k not in keys[:i]]  # first of equal names
     seps = {i: list_sep if plain else " " for i in attributes
             if keys[i] in LIST_COLUMNS and (plain or types[i] == "token_seq")}
 

@@ -33,7 +33,7 @@ def import_movielens_csv(folder: Path, root: Path, name: str, posters: Path | No
     Only rated movies are written.
     """
     folder, root = Path(folder), Path(root)
-    prepare_root(root, name, sources=[folder])
+    prepare_root(root, name, sources=[folder, posters])
     ratings = folder / "ratings.csv"
     header, rows = read_table(ratings, ",")
     user = find_column(header, ("userid", "user_id"), ratings, "userId")

@@ -29,7 +29,8 @@ def import_sequence_file(sequences: Path, items_tsv: Path | None, root: Path, na
     kept as extra fields. Only items that occur in a sequence are written.
     """
     sequences, root = Path(sequences), Path(root)
-    prepare_root(root, name, sources=[sequences.parent])
+    items_tsv = Path(items_tsv) if items_tsv is not None else None
+    prepare_root(root, name, sources=[sequences.parent, items_tsv and items_tsv.parent])
     log = InteractionLog()
     first_line: dict[str, int] = {}
     blank = None
@@ -57,7 +58,6 @@ def import_sequence_file(sequences: Path, items_tsv: Path | None, root: Path, na
     rows: list[list] = []
     extra_fields: list[tuple[str, str]] = []
     if items_tsv is not None:
-        items_tsv = Path(items_tsv)
         header, table_rows = read_table(items_tsv, "\t", quoting=csv.QUOTE_NONE)
         table = collect_items(items_tsv, header, table_rows, keep=set(inter.items))
         rows, extra_fields = table.rows, table.extra_fields

@@ -1,0 +1,134 @@
+"""The command line: instant listing, one-line errors with exit code 2, a full tracked run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list_is_instant_and_imports_nothing_heavy():
+    code = ("import sys, time; t = time.time(); from benchmark.cli import main; "
+            "main(['list', 'models']); main(['list', 'suites']); "
+            "heavy = [m for m in ('torch', 'recbole', 'mlflow', 'transformers', 'optuna') "
+            "if m in sys.modules]; print(heavy, time.time() - t)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    elapsed = time.perf_counter() - start
+    assert "sasrec" in out and "mostpop" in out and "accuracy" in out
+    assert "[]" in out.splitlines()[-1]
+    assert elapsed < 1.5  # interpreter start included
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--models", "sasrek"], "unknown model 'sasrek' (did you mean 'sasrec'?)"),
+    (["run", "--suite", "nosuch"], "unknown suite 'nosuch'"),
+    (["run", "--dataset", "nosuch-data"], "unknown dataset 'nosuch-data'"),
+    (["run", "--epochs", "0"], "--epochs must be >= 1"),
+    (["run", "--set", "hidden_size=big"], "parameter 'hidden_size' must be int"),
+    (["run", "--set", "hiden_size=8"], "parameter 'hiden_size' (did you mean 'hidden_size'?)"),
+    (["run", "--set", "train_mode=sideways"], "train_mode must be one of"),
+    (["run", "--preset", "huge"], "has no preset 'huge'"),
+    (["run", "--device", "tpu"], "unknown device 'tpu'"),
+    (["run", "--dataset", "ml-100k", "--images", "/nonexistent/posters"], "image folder not found"),
+    (["run", "--data-option", "s_v=2.0"], "s_v"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    rc = main([*argv, "--results-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d"),
+               "--no-tracking", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("bench: error:")
+    assert message in err
+
+
+def test_malformed_suite_and_dataset_files(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nmodels: [sasrec\n")
+    assert main(["run", "--suite", str(bad_yaml), "--no-tracking"]) == 2
+    assert "invalid YAML" in capsys.readouterr().err
+    unknown_key = tmp_path / "unknown.yaml"
+    unknown_key.write_text("name: x\ndatasets: [synthetic]\nmodels: [sasrec]\nseeds: [0]\n"
+                           "epoch: 3\n")
+    assert main(["run", "--suite", str(unknown_key), "--no-tracking"]) == 2
+    assert "unknown key(s) epoch" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.inter").write_text("user_id:token\titem_id:token\n1\t2\n3\n")
+    assert main(["run", "--dataset", str(bad), "--no-tracking", "-q",
+                 "--results-dir", str(tmp_path / "r")]) == 2
+    assert "bad.inter:3: expected 2 tab-separated fields" in capsys.readouterr().err
+
+
+def test_run_writes_summary_tracks_in_mlflow_and_resumes(tiny_dataset, tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ["run", "--dataset", str(tiny_dataset), "--models", "mostpop,sasrec",
+            "--seeds", "0,1", "--epochs", "2", "--results-dir", str(results), "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mostpop" in out and "±" in out
+    summary = json.loads((results / "accuracy" / "summary.json").read_text())
+    rows = summary["rows"]
+    assert {(r["model"], r["seed"]) for r in rows} == {("mostpop", 0), ("mostpop", 1),
+                                                         ("sasrec", 0), ("sasrec", 1)}
+    for r in rows:
+        assert 0 <= r["test"]["ndcg@10"] <= 1 and "hr@20" in r["test"]
+        run_dir = Path(r["run_dir"])
+        result = json.loads((run_dir / "result.json").read_text())
+        card = result["provenance"]
+        for key in ("dataset", "split", "config_hash", "config", "code", "packages", "hardware",
+                    "seed", "wall_seconds", "mlflow_run_id"):
+            assert key in card
+        assert (run_dir / "per_case.npz").exists() and not (run_dir / "checkpoint.pt").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("bench-accuracy")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and len(children) == 4
+    sas = next(r for r in children if r.data.tags["model"] == "sasrec")
+    assert "test_ndcg_at_10" in sas.data.metrics
+    assert len(client.get_metric_history(sas.info.run_id, "valid_ndcg_at_10")) == 2
+
+    stamps = {r["run_dir"]: (Path(r["run_dir"]) / "result.json").stat().st_mtime_ns for r in rows}
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((results / "accuracy" / "summary.json").read_text())["rows"]
+    assert again == rows
+    for run_dir, stamp in stamps.items():
+        assert (Path(run_dir) / "result.json").stat().st_mtime_ns == stamp  # nothing re-ran
+
+
+def test_killed_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    from benchmark import tracking
+
+    results = tmp_path / "results"
+    argv = ["run", "--dataset", str(tiny_dataset), "--models", "sasrec", "--seeds", "0",
+            "--epochs", "3", "--set", "patience=10", "--results-dir", str(results), "-q",
+            "--no-tracking"]
+    original = tracking.Tracker.log_metrics
+
+    def die_after_second_epoch(self, run_id, metrics, step=None, prefix=""):
+        if step == 1:
+            raise KeyboardInterrupt
+        return original(self, run_id, metrics, step, prefix)
+
+    monkeypatch.setattr(tracking.Tracker, "log_metrics", die_after_second_epoch)
+    assert main(argv) == 130
+    run_dir = results / "accuracy" / "runs" / tiny_dataset.name / "sasrec" / "seed-0"
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "result.json").exists()
+    monkeypatch.setattr(tracking.Tracker, "log_metrics", original)
+    assert main([*argv, "--resume"]) == 0
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["train"]["resumed_from"] == 2 and result["train"]["epochs"] == 3
