@@ -100,10 +100,12 @@ def recbole_workdir(run_dir: str | Path):
 
 
 class DatasetView:
-    """What a RecBole model's constructor reads from its dataset, served from a harness dataset."""
+    """What a RecBole model's constructor reads from its dataset, served from a harness dataset,
+    plus the item content features the model asked for (``benchmark.features``)."""
 
-    def __init__(self, data):
+    def __init__(self, data, item_features: dict | None = None):
         self.data = data
+        self.item_features = item_features or {}
 
     def num(self, field: str) -> int:
         return self.data.n_users if field == "user_id" else self.data.n_items

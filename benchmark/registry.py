@@ -40,6 +40,8 @@ class ModelSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     search_space: dict[str, dict[str, Any]] = field(default_factory=dict)
     trainable: bool = True
+    # Content the model reads: modality ("text", "image") -> parameter naming its encoder.
+    features: dict[str, str] = field(default_factory=dict)
 
     def load(self):
         module, _, cls = self.target.partition(":")

@@ -35,6 +35,7 @@ class Options:
     progress: bool = True
     tracking: bool = True
     tracking_uri: str | None = None
+    cache_dir: Path | None = None  # embedding cache (default: $BENCH_CACHE_DIR or <data>/.cache)
 
 
 @dataclass
@@ -62,17 +63,34 @@ def prepare_dataset(entry: DatasetEntry, suite: Suite, opts: Options) -> Prepare
     return Prepared(entry, data, split, labels)
 
 
-def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str):
-    """Instantiate a registered model on a dataset (a RecBole model gets a RecBole Config)."""
+def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
+                split=None, cache_dir: Path | None = None, progress: bool = False):
+    """Instantiate a registered model on a dataset (a RecBole model gets a RecBole Config and
+    the cached content features it declares)."""
     from .recbole_compat import DatasetView, recbole_config
     from .training import seed_everything
 
+    features = {}
+    if spec.features:
+        from .encoders import prepare_features
+
+        requests = {modality: params[param] for modality, param in spec.features.items()}
+        features = prepare_features(data, split, requests, cache_dir or default_cache_dir(),
+                                    device=device, progress=progress, seed=seed)
     cls = spec.load()
     config = recbole_config(cls, data.root, data.name, {**params, "seed": seed, "device": device},
                             run_dir)
     seed_everything(seed)
-    model = cls(config, DatasetView(data))
+    model = cls(config, DatasetView(data, features))
     return model.to(device)
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    from .data.catalog import default_data_dir
+
+    return Path(os.environ.get("BENCH_CACHE_DIR", default_data_dir() / ".cache"))
 
 
 def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Options,
@@ -110,7 +128,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                            tags={"model": model_name, "dataset": prep.entry.label,
                                  "suite": suite.name, "config_hash": config_hash})
     try:
-        model = build_model(spec, params, prep.data, run_dir, seed, opts.device)
+        model = build_model(spec, params, prep.data, run_dir, seed, opts.device, prep.split,
+                            opts.cache_dir, opts.progress)
         max_len = params.get("MAX_ITEM_LIST_LENGTH", 50)
         evaluator = Evaluator(prep.split, prep.data.n_items, max_len, mode=ev["mode"],
                               n_negatives=ev.get("n_negatives", 100), ks=ev.get("ks", (5, 10, 20)),

@@ -32,7 +32,8 @@ from benchmark.errors import DataError
 
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
 needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"real data folder {SHARED} absent (only CI and dev machines have it)")
+    not SHARED.is_dir(),
+    reason=f"real data folder {SHARED} absent (only CI and dev machines have it)")
 
 
 def manifest(root: Path) -> dict:
@@ -81,7 +82,8 @@ def test_ml100k_with_posters(tmp_path):
     ds = load_dataset(root)
     toy = int(list(ds.item_tokens).index("1"))
     assert ds.image_path(toy) == root / "images" / "1.jpg"
-    assert (root / "images" / "1.jpg").read_bytes() == (SHARED / "ml-100k-posters/1.jpg").read_bytes()
+    poster = SHARED / "ml-100k-posters" / "1.jpg"
+    assert (root / "images" / "1.jpg").read_bytes() == poster.read_bytes()
     assert len(list((root / "images").iterdir())) == 1662
 
 
@@ -122,8 +124,9 @@ def test_sequence_file_with_item_table(tmp_path):
                                         ("u2", "c", 0.0), ("u2", "a", 1.0)]
     item = read_atomic(root / "mini.item")
     assert item.columns["item_id"] == ["a", "b", "c"]
-    assert item.columns["text"] == ["The \u201dA\u201d. Brand: Acme. Categories: x, y. Price: 3. First item.",
-                                    "B!", "C. Brand: Acme. Categories: y"]
+    assert item.columns["text"] == [
+        "The \u201dA\u201d. Brand: Acme. Categories: x, y. Price: 3. First item.",
+        "B!", "C. Brand: Acme. Categories: y"]
     assert item.columns["image"] == ["images/a.png", "", ""]
     assert item.columns["price"] == ["3", "", ""]
     m = manifest(root)

@@ -56,8 +56,8 @@ def import_amazon_raw(reviews: Path, meta: Path, root: Path, name: str, k_core: 
     for lineno, rec in read_records(reviews):
         user, item = _field(rec, USER_KEYS), _field(rec, ITEM_KEYS)
         if not user or not item:
-            missing = "user id (reviewerID / user_id)" if not user else "item id (parent_asin / asin)"
-            raise DataError(f"{reviews}:{lineno}: no {missing}")
+            what = "user id (reviewerID / user_id)" if not user else "item id (parent_asin / asin)"
+            raise DataError(f"{reviews}:{lineno}: no {what}")
         if "unixReviewTime" in rec:
             when = to_float(rec["unixReviewTime"], reviews, lineno, "unixReviewTime")
         elif "timestamp" in rec:  # 2023: milliseconds

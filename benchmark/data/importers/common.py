@@ -51,8 +51,11 @@ def open_lines(path: Path) -> Iterator[str]:
         raise DataError(f"{path}:{lineno + 1}: cannot read ({e})") from None
 
 
+Rows = Iterator[tuple[int, list[str]]]  # (line number, cells)
+
+
 def read_table(path: Path, delimiter: str,
-               quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+               quoting: int = csv.QUOTE_MINIMAL) -> tuple[list[str], Rows]:
     """Header and ``(line number, cells)`` rows of a delimited file with a header line.
 
     Blank lines are skipped; a row with the wrong number of cells is a DataError.
@@ -65,7 +68,7 @@ def read_table(path: Path, delimiter: str,
     except csv.Error as e:
         raise DataError(f"{path}:1: {e}") from None
 
-    def rows() -> Iterator[tuple[int, list[str]]]:
+    def rows() -> Rows:
         while True:
             try:
                 row = next(reader)

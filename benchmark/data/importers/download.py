@@ -137,17 +137,18 @@ def download_images(urls: Mapping[str, str | None], cache_dir: Path, workers: in
 
     Returns item -> cached image path for the items that have one, and counts:
     ``ok + missing + failed`` = number of items; ``from_cache`` and ``requested`` split the
-    distinct URLs by where the answer came from; ``reasons`` counts why images are missing or failed.
+    distinct URLs by where the answer came from; ``reasons`` counts why images are missing or
+    failed.
     """
     from tqdm import tqdm
 
     by_url: dict[str, list[str]] = {}
     for item, url in urls.items():
-        if url:
+        if url and url.strip():
             by_url.setdefault(url.strip(), []).append(item)
     reasons: Counter[str] = Counter()
     status: Counter[str] = Counter()
-    no_url = sum(1 for url in urls.values() if not url)
+    no_url = len(urls) - sum(len(items) for items in by_url.values())
     if no_url:
         status["missing"] += no_url
         reasons["no image URL"] += no_url
