@@ -87,6 +87,7 @@ class TrainOutcome:
     seconds: float
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
+    pretrain_losses: list[float] = field(default_factory=list)
 
 
 class Trainer:
@@ -131,10 +132,11 @@ class Trainer:
                             m.ITEM_SEQ_LEN: torch.from_numpy(lens),
                             m.POS_ITEM_ID: torch.from_numpy(target)}).to(self.device)
 
-    def _window_batch(self, idx: np.ndarray):
+    def _window_batch(self, idx: np.ndarray, windows: np.ndarray | None = None):
+        windows = self.samples if windows is None else windows
         seq = np.zeros((len(idx), self.max_len), dtype=np.int64)
         tgt = np.zeros((len(idx), self.max_len), dtype=np.int64)
-        for j, (u, a, b) in enumerate(self.samples[idx]):
+        for j, (u, a, b) in enumerate(windows[idx]):
             w = self.split.sequences[u][a:b]
             seq[j, :len(w) - 1] = w[:-1]
             tgt[j, :len(w) - 1] = w[1:]
@@ -158,6 +160,33 @@ class Trainer:
         return self.evaluator.evaluate(self.score, which)
 
     # -- the loop -----------------------------------------------------------------------------
+    def pretrain(self) -> list[float]:
+        """Optional self-supervised stage (``pretrain_epochs`` > 0, model has ``pretrain_loss``):
+        epochs over the training windows, ``model.pretrain_loss(item_seq, targets)``, no
+        validation. Returns the mean loss per epoch."""
+        epochs = int(self.params.get("pretrain_epochs", 0))
+        if epochs <= 0 or not hasattr(self.model, "pretrain_loss"):
+            return []
+        windows = position_windows(self.split, self.max_len)
+        loader = torch.utils.data.DataLoader(
+            list(range(len(windows))), batch_size=self.params["batch_size"], shuffle=True,
+            generator=self.generator, collate_fn=np.asarray)
+        lr = self.params.get("pretrain_learning_rate") or self.params["learning_rate"]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=lr,
+                                     weight_decay=self.params["weight_decay"])
+        losses = []
+        self.model.train()
+        for _ in range(epochs):
+            total, n = 0.0, 0
+            for idx in loader:
+                optimizer.zero_grad()
+                loss = self.model.pretrain_loss(*self._window_batch(idx, windows))
+                loss.backward()
+                optimizer.step()
+                total, n = total + loss.item(), n + 1
+            losses.append(total / max(n, 1))
+        return losses
+
     def fit(self, resume: bool = False) -> TrainOutcome:
         from tqdm.auto import tqdm
 
@@ -170,6 +199,8 @@ class Trainer:
             best_weights, state = self._load_checkpoint()
             resumed_from = state["epoch"]
             log.info("resumed from epoch %d", resumed_from)
+        else:  # a resumed run's checkpoint already holds the pre-trained weights
+            state["pretrain_losses"] = self.pretrain()
         bar = tqdm(total=p["epochs"], initial=state["epoch"], desc="epochs",
                    disable=not self.progress, leave=False)
         while state["epoch"] < p["epochs"] and state["bad_epochs"] <= p["patience"]:
@@ -213,7 +244,8 @@ class Trainer:
         self.model.load_state_dict(best_weights)
         return TrainOutcome(best_epoch=state["best_epoch"], best_valid=state["best_valid"],
                             epochs_run=state["epoch"], seconds=state["seconds"],
-                            history=state["history"], resumed_from=resumed_from)
+                            history=state["history"], resumed_from=resumed_from,
+                            pretrain_losses=state.get("pretrain_losses", []))
 
     def _save_checkpoint(self, best_weights: dict, state: dict) -> None:
         if self.checkpoint is None:
