@@ -12,7 +12,7 @@ vector fed through an encoder: ``present[i]`` is False and ``values[i]`` is all 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +22,8 @@ class ModalityFeatures:
     values: np.ndarray  # (n_items, dim) float32, rows by internal item id; row 0 (padding) zeros
     present: np.ndarray  # (n_items,) bool; False where the modality is missing; row 0 False
     encoder: str = ""  # the encoder's name, as recorded in results ("harness-trained" if so)
+    meta: dict = field(default_factory=dict)  # provenance: cache key, checkpoint hash, settings,
+    # missing-input reasons (``benchmark.encoders``); JSON-serialisable
 
     @property
     def dim(self) -> int:

@@ -146,6 +146,7 @@ register_model(ModelSpec(
     },
     presets={
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "learning_rate": 2e-3,
                  "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
