@@ -6,9 +6,9 @@ from benchmark.recbole_compat import import_recbole
 
 import_recbole()
 
-import torch  # noqa: E402
-from recbole.model.abstract_recommender import SequentialRecommender  # noqa: E402
-from recbole.utils import InputType  # noqa: E402
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
 
 
 class MostPop(SequentialRecommender):

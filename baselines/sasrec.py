@@ -11,9 +11,9 @@ from benchmark.recbole_compat import import_recbole
 
 import_recbole()
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec  # noqa: E402
+import torch
+import torch.nn.functional as F
+from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 
 class SASRec(RecBoleSASRec):

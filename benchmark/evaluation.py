@@ -9,8 +9,8 @@ Per-case ranks are kept, so any metric and any paired comparison can be recomput
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -194,7 +194,6 @@ def rank_full(scores, targets, seq, lens) -> np.ndarray:
 
 def rank_among(scores, targets, candidates) -> np.ndarray:
     """0-based rank of each target among its sampled negative candidates."""
-    import torch
 
     target_score = scores.gather(1, targets.unsqueeze(1))
     neg = scores.gather(1, candidates)

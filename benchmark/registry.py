@@ -83,9 +83,7 @@ def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
             return value
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif isinstance(value, kind):
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool) or isinstance(value, kind):
         return value
     raise ConfigError(f"model {model!r}: parameter {key!r} must be {kind.__name__}, "
                       f"got {value!r}")
@@ -153,4 +151,45 @@ register_model(ModelSpec(
                   "patience": 10, "MAX_ITEM_LIST_LENGTH": 50},
     },
     search_space=_SASREC_SPACE,
+))
+
+_UNISREC_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "attn_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "adaptor_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "n_layers": {"type": "int", "low": 1, "high": 3},
+    "hidden_size": {"type": "categorical", "choices": [32, 64, 128, 300]},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+}
+
+register_model(ModelSpec(
+    name="unisrec",
+    target="baselines.unisrec:UniSRec",
+    description="UniSRec (Hou et al. 2022): frozen text embeddings, MoE whitening adaptor, "
+                "SASRec encoder, cosine scores; inductive or transductive (+ID).",
+    modalities=("text", "id"),
+    defaults={  # the official props/UniSRec.yaml (transductive fine-tuning)
+        "mode": "transductive",  # or "inductive" (text only, no ID embedding)
+        "n_layers": 2, "n_heads": 2, "hidden_size": 300, "inner_size": 256,
+        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        "n_exps": 8, "adaptor_dropout_prob": 0.2, "gating_noise": True, "temperature": 0.07,
+        "lambda": 1e-3, "item_drop_ratio": 0.2,  # pre-training: seq-seq weight, augmentation
+        "pretrain_epochs": 0, "pretrain_learning_rate": 0.0,  # 0.0 = learning_rate
+        "freeze_encoder": False,  # after pre-training, fine-tune only adaptor (+ ID embedding)
+        "text_encoder": "all-MiniLM-L6-v2",
+    },
+    presets={
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
+                 "attn_dropout_prob": 0.2, "batch_size": 128},
+        "paper": {"hidden_size": 300, "inner_size": 256, "n_layers": 2, "n_heads": 2,
+                  "MAX_ITEM_LIST_LENGTH": 50, "temperature": 0.07, "learning_rate": 1e-3,
+                  "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5,
+                  "adaptor_dropout_prob": 0.2, "n_exps": 8, "epochs": 300, "patience": 10,
+                  "batch_size": 2048, "eval_batch_size": 2048, "train_mode": "prefix"},
+    },
+    search_space=_UNISREC_SPACE,
+    features={"text": "text_encoder"},
 ))

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from .config import DatasetEntry, Suite
-from .errors import BenchError
 from .io import atomic_write, atomic_write_json, read_json, stable_hash
 
 log = logging.getLogger(__name__)

@@ -86,8 +86,9 @@ class Tracker:
                     prefix: str = "") -> None:
         if not self.enabled or run_id is None:
             return
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(_metric_key(prefix + k), float(v), now, step or 0)

@@ -97,7 +97,7 @@ def test_mostpop_trains_under_recbole_trainer(pipeline):
 
     from baselines.mostpop import MostPop
 
-    data, _, config, train, valid, test, tmp = pipeline
+    data, _, config, train, _, _, tmp = pipeline
     model = MostPop(config, train._dataset)
     with recbole_workdir(tmp / "run"):
         RecBoleTrainer(config, model)._train_epoch(train, 0)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import DataError
 from ..io import atomic_write
@@ -62,8 +62,7 @@ def write_atomic(path: str | Path, fields: Sequence[tuple[str, str]], rows: Iter
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write("\t".join(f"{n}:{t}" for n, t in fields) + "\n")
-            for row in rows:
-                f.write("\t".join(render(v, t) for v, (_, t) in zip(row, fields, strict=True)) + "\n")
+            f.writelines("\t".join(render(v, t) for v, (_, t) in zip(row, fields, strict=True)) + "\n" for row in rows)
 
     return atomic_write(path, write)
 

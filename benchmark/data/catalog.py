@@ -92,6 +92,7 @@ def list_datasets(data_dir: Path | None = None) -> list[tuple[str, str]]:
             m = p / "manifest.json"
             if p.is_dir() and m.exists() and not p.name.startswith("."):
                 c = json.loads(m.read_text()).get("counts", {})
-                out.append((p.name, f"{c.get('users')} users, {c.get('items')} items, "
-                                    f"{c.get('interactions')} interactions ({p})"))
+                desc = (f"{c.get('users')} users, {c.get('items')} items, "
+                        f"{c.get('interactions')} interactions ({p})")
+                out.append((p.name, desc))
     return out

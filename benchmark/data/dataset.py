@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -203,7 +203,7 @@ def check_image(path: Path) -> str | None:
     try:
         with Image.open(path) as img:
             img.load()  # decodes every pixel: catches truncated files that verify() lets through
-    except Exception as e:  # PIL raises many types for bad files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"unreadable ({type(e).__name__})"
     return None
 
