@@ -50,7 +50,7 @@ class MoEAdaptor(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_experts, in_dim, out_dim).normal_(0.0, 0.02))
         self.w_gate = nn.Parameter(torch.zeros(in_dim, n_experts))
         self.w_noise = nn.Parameter(torch.zeros(in_dim, n_experts))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout_prob = dropout
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """Mixture weights (..., G), summing to 1."""
@@ -61,9 +61,20 @@ class MoEAdaptor(nn.Module):
         return logits.softmax(dim=-1)
 
     def experts(self, x: torch.Tensor) -> torch.Tensor:
-        """Every expert's whitened projection (..., G, out_dim)."""
-        xs = x.unsqueeze(-2).expand(*x.shape[:-1], self.n_experts, x.shape[-1])
-        return torch.einsum("...gd,gdh->...gh", self.dropout(xs) - self.bias, self.weight)
+        """Every expert's whitened projection (..., G, out_dim).
+
+        Computed as ``dropout_k(x) W_k - b_k W_k`` (the same value): the bias gradient is then a
+        cheap sum, and no gradient flows back into the frozen text embeddings.
+        """
+        flat = x.reshape(1, -1, x.shape[-1])  # (1, N, D), broadcast over the experts
+        p = self.dropout_prob
+        if self.training and p > 0:
+            keep = torch.rand(self.n_experts, *flat.shape[1:], device=x.device) >= p
+            out = torch.bmm(torch.where(keep, flat, 0.0), self.weight) / (1 - p)
+        else:
+            out = torch.matmul(flat, self.weight)  # (G, N, out_dim)
+        out = out - torch.bmm(self.bias.unsqueeze(1), self.weight)
+        return out.transpose(0, 1).reshape(*x.shape[:-1], self.n_experts, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.gates(x).unsqueeze(-1) * self.experts(x)).sum(dim=-2)

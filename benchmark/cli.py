@@ -54,9 +54,9 @@ def _check_device(device: str) -> str:
 
 # -- commands ---------------------------------------------------------------------------------
 
-def cmd_run(args) -> int:
+def _suite_from_args(args):
+    """The suite named by ``--suite``, edited by the command-line options and re-validated."""
     from .config import DatasetEntry, load_suite
-    from .runner import Options, run_suite, summary_table
 
     suite = load_suite(args.suite)
     if args.models:
@@ -87,14 +87,54 @@ def cmd_run(args) -> int:
     from .config import parse_suite  # re-validate the edited suite before any work
 
     parse_suite({k: v for k, v in _suite_dict(suite).items()}, "command line")
-    opts = Options(results_dir=Path(args.results_dir), data_dir=args.data_dir,
-                   device=_check_device(args.device), resume=args.resume,
-                   progress=not args.quiet, tracking=not args.no_tracking,
-                   tracking_uri=args.tracking_uri)
+    return suite
+
+
+def _options(args, resume: bool = False):
+    from .runner import Options
+
+    return Options(results_dir=Path(args.results_dir), data_dir=args.data_dir,
+                   device=_check_device(args.device), resume=resume, progress=not args.quiet,
+                   tracking=not args.no_tracking, tracking_uri=args.tracking_uri)
+
+
+def cmd_run(args) -> int:
+    from .runner import run_suite, summary_table
+
+    suite = _suite_from_args(args)
+    opts = _options(args, resume=args.resume)
     rows = run_suite(suite, opts)
     print(f"\nsuite {suite.name}: {len(rows)} runs, results in "
           f"{opts.results_dir / suite.name / 'summary.json'}")
     print(summary_table(rows))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .runner import summary_table
+    from .sweep import SweepError, SweepSettings, run_sweep, sweep_dir
+
+    suite = _suite_from_args(args)
+    opts = _options(args)
+    settings = SweepSettings(n_trials=args.trials, storage=args.storage, workers=args.workers,
+                             sampler=args.sampler, pruner=args.pruner,
+                             final=not args.trials_only)
+    try:
+        out = run_sweep(suite, opts, settings, verbose=args.verbose)
+    except SweepError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
+    folder = sweep_dir(suite, opts)
+    print(f"\nsweep {suite.name}: {args.trials} trials per study, storage {out['storage']}")
+    for s in out["studies"]:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["states"].items()))
+        best = "-" if s["best_value"] is None else f"{s['best_value']:.4f} {s['best_params']}"
+        print(f"  {s['dataset']}/{s['model']}: {states}; best valid ndcg@10 {best}")
+    if out["rows"]:
+        print(f"final runs with seeds {suite.seeds}: {folder / 'summary.json'}")
+        print(summary_table(out["rows"]))
+    elif settings.final:
+        print("studies not finished (trials running elsewhere?): rerun the command to finish")
     return 0
 
 
@@ -175,15 +215,32 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import time
+
+    from .report.build import ReportOptions, render_report
+
+    start = time.perf_counter()
+    command = ["bench", "report", args.target]  # shown in the report; --out is not content
+    for flag, value, default in (("--results-dir", args.results_dir, "results"),
+                                 ("--reference", args.reference, None),
+                                 ("--metric", args.metric, "ndcg@10")):
+        if value != default:
+            command += [flag, str(value)]
+    paths = render_report(args.target, args.results_dir, args.out,
+                          ReportOptions(reference=args.reference, metric=args.metric,
+                                        command=" ".join(command)))
+    if not args.quiet:
+        for kind, path in paths.items():
+            print(f"{kind:<9} {path}")
+        print(f"report rendered in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description=(
-        "Benchmark harness for multimodal sequential recommendation (VLM2Rec and baselines)."))
-    p.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    r = sub.add_parser("run", help="run a suite (models x datasets x seeds)")
+def _suite_arguments(r: argparse.ArgumentParser) -> None:
+    """The options that pick and edit a suite (``run`` and ``sweep``)."""
     r.add_argument("--suite", default="accuracy", help="suite name or YAML path (default: accuracy)")
     r.add_argument("--models", type=_csv, help="comma-separated model names (default: the suite's)")
     r.add_argument("--dataset", help="dataset name or folder (default: the suite's)")
@@ -199,18 +256,58 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     r.add_argument("--results-dir", default="results", help="where results go (default: results)")
     r.add_argument("--data-dir", type=Path, help="dataset folder (default: $BENCH_DATA_DIR or data)")
-    r.add_argument("--resume", action="store_true",
-                   help="skip completed runs and continue killed ones from their checkpoint")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in results dir)")
     r.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description=(
+        "Benchmark harness for multimodal sequential recommendation (VLM2Rec and baselines)."))
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite (models x datasets x seeds)")
+    _suite_arguments(r)
+    r.add_argument("--resume", action="store_true",
+                   help="skip completed runs and continue killed ones from their checkpoint")
     r.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="tune every model of a suite with Optuna on validation, "
+                        "then run the best configurations with the suite's seeds")
+    _suite_arguments(sw)
+    sw.add_argument("--trials", type=int, default=20,
+                    help="finished trials per model and dataset, all workers together "
+                         "(default: 20)")
+    sw.add_argument("--storage", help="Optuna RDB URL shared by workers and machines, e.g. "
+                    "postgresql://USER:PASSWORD@HOST:5432/DB (default: sqlite in "
+                    "RESULTS/SUITE-sweep/optuna.db)")
+    sw.add_argument("--workers", type=int, default=1, help="local worker processes (default: 1)")
+    sw.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    sw.add_argument("--pruner", choices=["median", "none"], default="median",
+                    help="stop trials whose validation NDCG@10 trails the median (default)")
+    sw.add_argument("--trials-only", action="store_true",
+                    help="only run trials (an extra machine); no final seeded runs")
+    sw.set_defaults(func=cmd_sweep)
 
     ls = sub.add_parser("list", help="list models, datasets or suites")
     ls.add_argument("what", choices=["models", "datasets", "suites"])
     ls.add_argument("pattern", nargs="?", help="glob pattern for model names")
     ls.add_argument("--data-dir", type=Path)
     ls.set_defaults(func=cmd_list)
+
+    rp = sub.add_parser("report", help="render a report (HTML, Markdown, LaTeX) from stored results")
+    rp.add_argument("target", nargs="?", default="accuracy",
+                    help="suite name or a suite's results folder (default: accuracy)")
+    rp.add_argument("--results-dir", default="results",
+                    help="where suite results are looked up by name (default: results)")
+    rp.add_argument("--out", default="reports", help="report folder (default: reports)")
+    rp.add_argument("--reference", help="reference model of the paired tests "
+                    "(default: vlm2rec if in the suite, else the first model)")
+    rp.add_argument("--metric", default="ndcg@10",
+                    help="metric of the significance, signal and robustness sections")
+    rp.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="import, generate and inspect datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)

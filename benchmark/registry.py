@@ -182,7 +182,7 @@ register_model(ModelSpec(
     },
     presets={
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
-                 "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
+                 "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 300, "inner_size": 256, "n_layers": 2, "n_heads": 2,
                   "MAX_ITEM_LIST_LENGTH": 50, "temperature": 0.07, "learning_rate": 1e-3,
@@ -192,4 +192,147 @@ register_model(ModelSpec(
     },
     search_space=_UNISREC_SPACE,
     features={"text": "text_encoder"},
+))
+
+_MMSREC_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "attn_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    "n_layers": {"type": "int", "low": 1, "high": 3},
+    "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "temperature": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
+    "mask_ratio": {"type": "float", "low": 0.0, "high": 0.4},
+}
+
+register_model(ModelSpec(
+    name="mmsrec",
+    target="baselines.mmsrec:MMSRec",
+    description="MMSRec (Song et al. 2023): image/text tokens of frozen CLIP features fused by a "
+                "transformer; dual-tower retrieval; combinatorial contrastive pre-training.",
+    modalities=("image", "text"),
+    defaults={  # architecture and losses of the official finetune_amazon.yaml, smaller width
+        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "embedding_dropout_prob": 0.2,
+        "hidden_act": "gelu", "layer_norm_eps": 1e-5, "initializer_range": 0.02,
+        "temperature": 0.05, "mask_ratio": 0.2, "MAX_ITEM_LIST_LENGTH": 20,
+        "clip_grad_norm": 1.0, "train_mode": "prefix",  # the official training set: all prefixes
+        "pretrain_epochs": 0, "pretrain_learning_rate": 0.0,  # 0.0 = learning_rate
+        "pretrain_mip_weight": 1.0,  # 0 = the official pre-training (contrastive only)
+        "pretrain_max_tokens": 4096,  # items per contrastive similarity matrix (memory bound)
+        "image_encoder": "harness-clip", "text_encoder": "harness-clip",
+    },
+    presets={
+        # prefix mode encodes every prefix: a short window and large batches keep it fast
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "MAX_ITEM_LIST_LENGTH": 10, "hidden_dropout_prob": 0.2,
+                 "attn_dropout_prob": 0.2, "embedding_dropout_prob": 0.1, "batch_size": 512,
+                 "pretrain_epochs": 1},
+        "paper": {"hidden_size": 512, "n_heads": 8, "inner_size": 1024, "n_layers": 2,
+                  "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5,
+                  "embedding_dropout_prob": 0.2, "temperature": 0.05, "mask_ratio": 0.2,
+                  "MAX_ITEM_LIST_LENGTH": 20, "learning_rate": 1e-3, "batch_size": 1024,
+                  "epochs": 500, "patience": 10, "clip_grad_norm": 1.0,
+                  "pretrain_epochs": 50, "pretrain_learning_rate": 5e-5},
+    },
+    search_space=_MMSREC_SPACE,
+    features={"image": "image_encoder", "text": "text_encoder"},
+))
+
+register_model(ModelSpec(
+    name="clip_sasrec",
+    target="baselines.clip_sasrec:CLIPSASRec",
+    description="Frozen CLIP image+text item embeddings, linear projection, SASRec; no ID "
+                "embedding unless use_id.",
+    modalities=("image", "text"),
+    defaults={
+        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        "fusion": "concat",  # or "mean" (one CLIP space: image and text of the same size)
+        "use_id": False,
+        "image_encoder": "harness-clip", "text_encoder": "harness-clip",
+    },
+    presets={
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
+                 "attn_dropout_prob": 0.2, "batch_size": 128},
+        "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
+                  "patience": 10, "MAX_ITEM_LIST_LENGTH": 50},
+    },
+    search_space={**_SASREC_SPACE,
+                  "fusion": {"type": "categorical", "choices": ["concat", "mean"]}},
+    features={"image": "image_encoder", "text": "text_encoder"},
+))
+
+# VLM2Rec (docs/vlm2rec.md): the method under study. Defaults are the paper's settings.
+_VLM2REC_DEFAULTS = {
+    "vlm": "Qwen/Qwen2.5-VL-3B-Instruct",  # hub name, local folder, or tiny-/small-<family>
+    "fusion": "external",  # or "internal" (both modalities in one prompt; the paper's ablation)
+    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "auto",
+    "history_len": 10, "max_text_tokens": 64, "image_size": 224,
+    "bf16": True,  # bf16 weights + autocast, on a CUDA device that supports it only
+    "gradient_checkpointing": True,
+    "tau": 0.05, "lambda_w": 1.0, "lambda_r": 0.1, "gamma": 1.0, "alpha": 1.0, "tau_r": 0.1,
+    "wpcl": True, "crtr": True,  # the ablations: both False = plain contrastive SFT
+    "warmup_ratio": 0.05, "grad_accum": 1,
+    "pairs_per_user": 0,  # 0: every (history, next item) pair of the training split
+    "grad_probe_every": 0,  # > 0: per-modality gradient norms every that many steps (§8b)
+    "epochs": 3, "patience": 3, "learning_rate": 1e-4, "weight_decay": 0.0,
+    "batch_size": 32, "eval_batch_size": 64, "train_mode": "prefix",
+}
+_VLM2REC_TINY = {
+    "vlm": "tiny-qwen2-vl", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+    "history_len": 5, "image_size": 32, "max_text_tokens": 16, "bf16": False,
+    "gradient_checkpointing": False, "epochs": 1, "patience": 1, "learning_rate": 2e-3,
+    "batch_size": 64, "eval_batch_size": 256, "pairs_per_user": 1, "MAX_ITEM_LIST_LENGTH": 20,
+}
+_VLM2REC_PAPER = {
+    "vlm": "Qwen/Qwen2.5-VL-3B-Instruct", "lora_r": 16, "lora_alpha": 32, "bf16": True,
+    "gradient_checkpointing": True, "epochs": 3, "learning_rate": 1e-4, "tau": 0.05,
+    "history_len": 10,
+}
+_VLM2REC_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+    "tau": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
+    "lambda_w": {"type": "float", "low": 0.0, "high": 2.0},
+    "lambda_r": {"type": "float", "low": 0.0, "high": 1.0},
+    "gamma": {"type": "float", "low": 0.0, "high": 2.0},
+    "tau_r": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
+    "lora_r": {"type": "categorical", "choices": [8, 16, 32]},
+}
+
+register_model(ModelSpec(
+    name="vlm2rec",
+    target="methods.vlm2rec.model:VLM2Rec",
+    description="VLM2Rec: LoRA-tuned VLM embedder, contrastive SFT + WPCL + CRTR; "
+                "score = cos(user, item) (direct ranking).",
+    modalities=("text", "image"),
+    defaults=_VLM2REC_DEFAULTS,
+    presets={"tiny": _VLM2REC_TINY, "paper": _VLM2REC_PAPER},
+    search_space=_VLM2REC_SPACE,
+))
+
+register_model(ModelSpec(
+    name="vlm2rec_sasrec",
+    target="methods.vlm2rec.model:VLM2RecSASRec",
+    description="SASRec over the frozen item table of a trained VLM2Rec through a 2-layer MLP "
+                "adapter (SR initialisation, LLMEmb-style).",
+    modalities=("text", "image"),
+    defaults={
+        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        # the VLM2Rec stage: the vlm2rec model under this preset ("" = its defaults) and
+        # overrides, trained once per (config, seed, dataset, split) and shared through the cache
+        "stage1_preset": "", "stage1_overrides": {},
+    },
+    presets={
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+                 "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
+                 "attn_dropout_prob": 0.2, "batch_size": 128, "stage1_preset": "tiny"},
+        "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
+                  "patience": 10, "MAX_ITEM_LIST_LENGTH": 50, "stage1_preset": "paper"},
+    },
+    search_space=_SASREC_SPACE,
 ))

@@ -77,8 +77,9 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
         features = prepare_features(data, split, requests, cache_dir or default_cache_dir(),
                                     device=device, progress=progress, seed=seed)
     cls = spec.load()
-    config = recbole_config(cls, data.root, data.name, {**params, "seed": seed, "device": device},
-                            run_dir)
+    config = recbole_config(cls, data.root, data.name,
+                            {**params, "seed": seed, "device": device,
+                             "cache_dir": str(cache_dir or default_cache_dir())}, run_dir)
     seed_everything(seed)
     model = cls(config, DatasetView(data, features))
     return model.to(device)
@@ -135,32 +136,41 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                               batch_size=params.get("eval_batch_size", 512),
                               candidate_seed=int(ev.get("candidate_seed", 0)),
                               case_labels=prep.labels)
-        trainer = None
         train_info: dict = {}
         if spec.trainable:
-            trainer = Trainer(model, params, prep.split, evaluator, seed, opts.device, checkpoint,
-                              progress=opts.progress,
-                              on_epoch=lambda ep, row: tracker.log_metrics(run_id, row, step=ep))
-            outcome = trainer.fit(resume=opts.resume)
+            def log_epoch(ep: int, row: dict) -> None:
+                tracker.log_metrics(run_id, row, step=ep)
+
+            if hasattr(model, "fit"):  # a model with its own training loop (VLM2Rec)
+                outcome = model.fit(prep.split, evaluator, seed=seed, checkpoint=checkpoint,
+                                    resume=opts.resume, progress=opts.progress,
+                                    on_epoch=log_epoch)
+            else:
+                outcome = Trainer(model, params, prep.split, evaluator, seed, opts.device,
+                                  checkpoint, progress=opts.progress,
+                                  on_epoch=log_epoch).fit(resume=opts.resume)
             train_info = {"best_epoch": outcome.best_epoch, "epochs": outcome.epochs_run,
                           "train_seconds": outcome.seconds, "resumed_from": outcome.resumed_from,
                           "history": outcome.history}
-            score = trainer.score
         else:
             model.fit_statistics(prep.split.train_sequences())
 
-            def score(users, seq, lens):
-                from recbole.data.interaction import Interaction
+        def score(users, seq, lens):
+            from recbole.data.interaction import Interaction
 
-                return model.full_sort_predict(Interaction(
-                    {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
+            return model.full_sort_predict(Interaction(
+                {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
+            ).to(opts.device))
         model.eval()
         valid = evaluator.evaluate(score, "valid")
         test = evaluator.evaluate(score, "test")  # touched once, after model selection
         wall = time.perf_counter() - t0
         _save_npz(run_dir / "per_case.npz", valid_users=valid.users, valid_ranks=valid.ranks,
                   test_users=test.users, test_ranks=test.ranks)
-        atomic_write(run_dir / "model.pt", lambda p: torch.save(model.state_dict(), p))
+        # a model may store less than its state dict (VLM2Rec: the adapter, not the backbone)
+        state = model.saved_state_dict() if hasattr(model, "saved_state_dict") else \
+            model.state_dict()
+        atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
         row = {"suite": suite.name, "dataset": prep.entry.label, "model": model_name,
                "seed": seed, "status": "ok", "valid": valid.metrics, "test": test.metrics,
                "test_groups": test.groups, "test_group_sizes": test.group_sizes,

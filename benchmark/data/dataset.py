@@ -196,16 +196,21 @@ def load_dataset(root: str | Path) -> Dataset:
 
 def check_image(path: Path) -> str | None:
     """None if the image decodes fully, else the reason it does not (missing, corrupt, ...)."""
+    return open_image(path)[1]
+
+
+def open_image(path: Path):
+    """(the fully decoded PIL image, None), or (None, the reason it does not decode)."""
     from PIL import Image
 
     if not path.is_file():
-        return "missing"
+        return None, "missing"
     try:
         with Image.open(path) as img:
             img.load()  # decodes every pixel: catches truncated files that verify() lets through
+            return img.copy(), None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"unreadable ({type(e).__name__})"
-    return None
+        return None, f"unreadable ({type(e).__name__})"
 
 
 def write_manifest(root: Path, name: str, source: dict | None = None) -> dict:

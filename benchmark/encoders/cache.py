@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ class EmbeddingCache:
                 meta = json.loads(str(z["meta"]))
                 values = z["values"].astype(np.float32, copy=False)
                 present = z["present"].astype(bool, copy=False)
-        except Exception as e:  # truncated or foreign file: recompute rather than fail
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            # a truncated or foreign file: recompute rather than fail
             log.warning("embedding cache %s unreadable (%s): recomputing", path, e)
             return None
         return ModalityFeatures(values, present, meta.get("encoder", ""), meta)

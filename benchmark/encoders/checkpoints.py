@@ -62,7 +62,7 @@ def _from_hub(name: str) -> Path:
         folder = Path(snapshot_download(name, allow_patterns=[*_HUB_PATTERNS, "*.safetensors"]))
         if not any(folder.glob("*.safetensors")):
             folder = Path(snapshot_download(name, allow_patterns=[*_HUB_PATTERNS, "*.bin"]))
-    except Exception as e:  # offline, unknown repo, gated repo: many exception types
+    except (OSError, ValueError) as e:  # offline, unknown or gated repo, invalid name
         raise ConfigError(f"encoder {name!r}: not a local folder, and the Hugging Face hub "
                           f"could not provide it ({type(e).__name__}); pass a local "
                           "checkpoint folder when offline") from None

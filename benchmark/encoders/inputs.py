@@ -8,16 +8,19 @@ A perturbation is a JSON spec ``{"name": ..., **params}`` naming an entry of
 :data:`PERTURBATIONS`: a function ``(modality, item, value, rng, params) -> value or None``
 applied to each clean input. ``rng`` is seeded by (``params["seed"]``, item), so a perturbed
 input does not depend on batching or item order. The spec is part of the embedding cache key.
+Perturbations apply to the inputs being encoded only: a harness-trained encoder is trained on
+clean inputs (its checkpoint is shared by clean and perturbed runs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..data.dataset import Dataset, check_image
+from ..data.dataset import Dataset, open_image
 from ..errors import ConfigError
 
 NO_TEXT = "no text"
@@ -50,13 +53,8 @@ def load_image(path: Path | None) -> tuple[Any, str | None]:
     """(RGB PIL image, None), or (None, reason) for a missing or undecodable image."""
     if path is None:
         return None, NO_IMAGE
-    problem = check_image(path)
-    if problem is not None:
-        return None, problem
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert("RGB"), None
+    image, problem = open_image(path)
+    return (None, problem) if image is None else (image.convert("RGB"), None)
 
 
 class ItemInputs:

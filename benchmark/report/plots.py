@@ -1,0 +1,192 @@
+"""Figures of a report: matplotlib objects (no pyplot state) in a fixed seaborn style, saved as
+PNG bytes without metadata, so the same data give the same bytes. Every series differs by marker,
+line style or hatch as well as colour, so a figure reads in black and white."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)))
+HATCHES = ("", "///", "...", "xxx", "\\\\\\", "+++", "ooo", "---", "|||", "***")
+DPI = 100
+
+
+@dataclass(frozen=True)
+class Style:
+    color: tuple
+    marker: str
+    linestyle: object
+    hatch: str
+
+
+def styles(names: Sequence[str]) -> dict[str, Style]:
+    """One distinct style per name, in order (a model keeps its style in every figure)."""
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", 10)
+    return {n: Style(tuple(colors[i % 10]), MARKERS[i % len(MARKERS)],
+                     LINESTYLES[i % len(LINESTYLES)], HATCHES[i % len(HATCHES)])
+            for i, n in enumerate(names)}
+
+
+@contextmanager
+def _style():
+    import matplotlib as mpl
+    import seaborn as sns
+
+    rc = {**mpl.rcParamsDefault, **sns.axes_style("whitegrid"),
+          **sns.plotting_context("notebook", font_scale=0.85),
+          "font.family": "DejaVu Sans", "svg.hashsalt": "bench-report", "figure.dpi": DPI,
+          "savefig.dpi": DPI, "axes.edgecolor": "0.3", "hatch.linewidth": 0.8,
+          "errorbar.capsize": 3, "legend.frameon": False}
+    rc.pop("backend", None)
+    with mpl.rc_context(rc):
+        yield
+
+
+def _grid(n: int, width: float = 4.4, height: float = 3.2, cols: int = 3):
+    import math
+
+    from matplotlib.figure import Figure
+
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _ticks(ax, points: list) -> None:
+    """One labelled row per point, top to bottom; few x ticks, so long numbers never overlap."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_yticks(range(len(points)), [p[0] for p in points])
+    ax.set_ylim(len(points) - 0.5, -0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+
+
+def _legend(fig, axes, ncol: int) -> None:
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, 6))
+
+
+@dataclass
+class Series:
+    """One line or point set of a panel: ``kind`` is line, points or step."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    yerr: Sequence[float] | None = None
+    kind: str = "line"
+    style: Style | None = None
+
+
+@dataclass
+class Panel:
+    title: str
+    series: list[Series] = field(default_factory=list)
+
+
+def dot_plot(panels: list[tuple[str, list[tuple[str, float, float]]]], xlabel: str,
+             model_styles: dict[str, Style]) -> bytes:
+    """Per panel, one row per model: mean with its CI as error bar."""
+    with _style():
+        fig, axes = _grid(len(panels), height=max(2.2, 0.9 + 0.42 * max(len(p[1])
+                                                                        for p in panels)))
+        for ax, (title, points) in zip(axes, panels):
+            for y, (model, mean, ci) in enumerate(points):
+                s = model_styles[model]
+                ax.errorbar([mean], [y], xerr=[ci], fmt=s.marker, color=s.color, ms=7)
+            _ticks(ax, points)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+        return _png(fig)
+
+
+def forest_plot(panels: list[tuple[str, list[tuple[str, float, float, float, bool]]]],
+                xlabel: str, model_styles: dict[str, Style]) -> bytes:
+    """Mean differences with their CI; filled marker = significant after correction."""
+    with _style():
+        fig, axes = _grid(len(panels), height=max(2.2, 0.9 + 0.42 * max(len(p[1])
+                                                                        for p in panels)))
+        for ax, (title, points) in zip(axes, panels):
+            ax.axvline(0, color="0.2", lw=1)
+            for y, (model, diff, low, high, sig) in enumerate(points):
+                s = model_styles[model]
+                ax.errorbar([diff], [y], xerr=[[diff - low], [high - diff]], fmt=s.marker,
+                            color=s.color, ms=7, mfc=s.color if sig else "white")
+            _ticks(ax, points)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+        return _png(fig)
+
+
+def grouped_bars(panels: list[tuple[str, list[str], dict[str, list[tuple[float, float]]]]],
+                 ylabel: str, model_styles: dict[str, Style]) -> bytes:
+    """Per panel, groups on the x axis and one hatched bar per model (mean, CI error bar)."""
+    import numpy as np
+
+    with _style():
+        fig, axes = _grid(len(panels), width=6.2, height=3.4, cols=2)
+        for ax, (title, groups, values) in zip(axes, panels):
+            width = 0.8 / max(1, len(values))
+            x = np.arange(len(groups))
+            for i, (model, cells) in enumerate(values.items()):
+                s = model_styles[model]
+                ax.bar(x + (i - (len(values) - 1) / 2) * width, [c[0] for c in cells], width,
+                       yerr=[c[1] for c in cells], color=s.color, hatch=s.hatch,
+                       edgecolor="0.15", linewidth=0.6, label=model)
+            ax.set_xticks(x, groups)
+            ax.set_title(title)
+            ax.set_ylabel(ylabel)
+        _legend(fig, axes, len(model_styles))
+        return _png(fig)
+
+
+def line_panels(panels: list[Panel], xlabel: str, ylabel: str, shared_legend: bool,
+                integer_x: bool = False) -> bytes:
+    """Small multiples of lines, points or steps (robustness, diagnostics, sweep histories)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fallback = styles(list(dict.fromkeys(s.label for p in panels for s in p.series)))
+    with _style():
+        fig, axes = _grid(len(panels))
+        for ax, panel in zip(axes, panels):
+            for s in panel.series:
+                st = s.style or fallback[s.label]
+                if s.kind == "points":
+                    ax.plot(s.x, s.y, st.marker, color=st.color, ms=4, alpha=0.8,
+                            mfc="white", label=s.label)
+                elif s.kind == "step":
+                    ax.step(s.x, s.y, where="post", color=st.color, ls=st.linestyle,
+                            label=s.label)
+                else:
+                    ax.errorbar(s.x, s.y, yerr=s.yerr, color=st.color, ls=st.linestyle,
+                                marker=st.marker, ms=5, label=s.label)
+            ax.set_title(panel.title)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            if integer_x:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if not shared_legend:
+                ax.legend(fontsize="small")
+        if shared_legend:
+            _legend(fig, axes, len(fallback))
+        return _png(fig)

@@ -1,0 +1,666 @@
+"""VLM embedder for VLM2Rec (docs/vlm2rec.md §1).
+
+Any supported Hugging Face image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3;
+hub name or local folder) is loaded through the standard ``from_pretrained`` path. An entity's
+embedding is the last-layer hidden state of the last token of its prompt (left padding, so the
+last position), L2-normalised. External fusion (default) encodes the text and the image(s) of an
+entity in separate prompts and sums the two unit vectors; internal fusion (the paper's ablation)
+encodes one joint prompt. A missing modality is a missing branch: it is never fed to the model.
+
+Each branch of a batch is one forward pass (all its prompts padded together). LoRA (peft) sits on
+the attention and MLP projections of the language model only; ``lora=None`` leaves the whole
+backbone frozen (a raw VLM embedder) and ``trainable_parameters()`` is then empty.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import prompts
+
+DEFAULT_LORA: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "auto"}
+#: Linear layers LoRA targets under ``targets="auto"`` (those present in the language model).
+LORA_CANDIDATES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_VISION_CHUNK = 256  # images per vision-tower call when filling the cache
+EMBEDDER_CONFIG = "vlm2rec_embedder.json"
+
+
+@dataclass
+class ItemContent:
+    """One item's raw content."""
+
+    text: str | None = None  # None or blank: missing text
+    image: Path | None = None  # None, missing or unreadable file: missing image
+
+
+@dataclass
+class Branches:
+    """Embeddings of a batch of B entities (items or users).
+
+    ``text``/``image`` are unit vectors where present and zeros elsewhere. ``fused`` is
+    text + image over present branches (external fusion) or the joint prompt's unit vector
+    (internal fusion); it is not re-normalised. ``fused_present``: the entity had any content.
+    """
+
+    text: torch.Tensor
+    text_present: torch.Tensor
+    image: torch.Tensor
+    image_present: torch.Tensor
+    fused: torch.Tensor
+    fused_present: torch.Tensor | None = None
+
+    def detach(self) -> Branches:
+        """Copy without autograd history."""
+        return Branches(**{k: None if v is None else v.detach() for k, v in vars(self).items()})
+
+    def to(self, device: torch.device | str) -> Branches:
+        """Copy on ``device``."""
+        return Branches(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
+
+# ----------------------------------------------------------------------------------- families
+
+
+class _Family:
+    """Per-family image handling and model inputs. Processors are driven by hand (no video
+    processor or torchvision needed); prompts are tokenised with one image token per image and
+    expanded in id space. The vision tower is frozen (LoRA only touches the language model), so
+    its per-image outputs are computed once and cached by the embedder."""
+
+    prompt_family = ""
+
+    def __init__(self, config: Any, tokenizer: Any, image_processor: Any, image_size: int):
+        self.config = config
+        self.image_processor = image_processor
+        self.image_token_id = int(config.image_token_id)
+        self.side = image_size
+
+    @property
+    def slot(self) -> str:
+        return prompts.IMAGE_SLOT[self.prompt_family]
+
+    def preprocess(self, images: list[Any]) -> list[Any]:
+        """PIL RGB images -> processor output per image (one processor call: its per-call
+        overhead dwarfs the work on small images)."""
+        raise NotImplementedError
+
+    def encode_images(self, core: nn.Module, pixels: list[Any]) -> list[Any]:
+        """Vision tower + projector on preprocessed images -> one cache payload per image."""
+        raise NotImplementedError
+
+    def image_ids(self, payload: Any) -> list[int]:
+        """Token ids that replace the image token for this image."""
+        raise NotImplementedError
+
+    def model_inputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding (pad positions get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _precomputed(features: list[torch.Tensor]) -> dict[str, Any]:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"image": BaseModelOutputWithPooling(pooler_output=features)}
+
+
+class _QwenVL(_Family):
+    """Qwen2-VL / Qwen2.5-VL: dynamic-resolution patches, patch merger, M-RoPE."""
+
+    prompt_family = "qwen"
+
+    def __init__(self, config: Any, tokenizer: Any, image_processor: Any, image_size: int):
+        super().__init__(config, tokenizer, image_processor, image_size)
+        self.merge = int(image_processor.merge_size)
+        factor = int(image_processor.patch_size) * self.merge
+        # a square multiple of patch * merge: the processor's smart_resize keeps it unchanged
+        self.side = max(factor, round(image_size / factor) * factor)
+        self._grids: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def preprocess(self, images: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from PIL import Image
+
+        images = [im.resize((self.side, self.side), Image.Resampling.BICUBIC) for im in images]
+        area = self.side * self.side
+        out = self.image_processor(
+            images=images, size={"shortest_edge": area, "longest_edge": area}, return_tensors="pt"
+        )
+        grids = out["image_grid_thw"]
+        patches = out["pixel_values"].split(grids.prod(-1).tolist())
+        return list(zip(patches, grids))
+
+    def encode_images(self, core: nn.Module, pixels: list[Any]) -> list[Any]:
+        device = next(core.parameters()).device
+        grids = torch.stack([g for _, g in pixels])
+        out = core.get_image_features(
+            torch.cat([p for p, _ in pixels]).to(device), grids.to(device), return_dict=True
+        )
+        return [(f.clone(), g) for f, g in zip(out.pooler_output, grids)]
+
+    def image_ids(self, payload: Any) -> list[int]:
+        return [self.image_token_id] * payload[0].shape[0]
+
+    def model_inputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+    ) -> dict[str, Any]:
+        if not payloads:  # text only: padding-aware 1-D positions (the model would ignore padding)
+            return {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+        grids = torch.stack([g for _, g in payloads])
+        mm_types = (ids == self.image_token_id).int()
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": self.mrope_positions(mm_types, mask, grids),
+            "mm_token_type_ids": mm_types,
+            "image_grid_thw": grids,
+            "mm_encoder_outputs": _precomputed([f for f, _ in payloads]),
+        }
+
+    def mrope_positions(
+        self, mm_types: torch.Tensor, mask: torch.Tensor, grids: torch.Tensor
+    ) -> torch.Tensor:
+        """(3, B, L) M-RoPE position ids as the model's ``get_rope_index`` computes them for
+        images (text: one step per token on all axes; an image: (t, h, w) offsets from the
+        current position, which then advances by max(h, w)), with numpy instead of per-image
+        torch ops (the model's version dominated the cost of a tiny model's forward)."""
+        types, valid = mm_types.numpy().astype(bool), mask.numpy().astype(bool)
+        n_rows, length = types.shape
+        out = np.zeros((3, n_rows, length), dtype=np.int64)
+        shapes = [(t, h // self.merge, w // self.merge) for t, h, w in grids.tolist()]
+        k = 0
+        for b in range(n_rows):
+            cols = np.flatnonzero(valid[b])
+            img = types[b, cols]
+            pos = np.empty((3, len(cols)), dtype=np.int64)
+            bounds = np.flatnonzero(np.diff(img.astype(np.int8))) + 1
+            cur = 0
+            for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(cols)]):
+                if not img[s]:
+                    pos[:, s:e] = np.arange(cur, cur + e - s)
+                    cur += e - s
+                    continue
+                while s < e:  # one run may hold several adjacent images
+                    t, h, w = shapes[k]
+                    k += 1
+                    if (grid := self._grids.get((t, h, w))) is None:
+                        grid = self._grids[t, h, w] = np.indices((t, h, w)).reshape(3, -1)
+                    pos[:, s : s + grid.shape[1]] = grid + cur
+                    cur += max(h, w)
+                    s += grid.shape[1]
+            out[:, b, cols] = pos
+        return torch.from_numpy(out)
+
+
+class _Idefics3(_Family):
+    """SmolVLM / Idefics3: fixed-size images (no splitting), pixel-shuffle connector."""
+
+    prompt_family = "idefics3"
+
+    def __init__(self, config: Any, tokenizer: Any, image_processor: Any, image_size: int):
+        super().__init__(config, tokenizer, image_processor, image_size)
+        # the connector needs the encoder's native size: ``image_size`` does not apply here
+        self.side = int(config.vision_config.image_size)
+        vocab = tokenizer.get_vocab()
+        fake = vocab["<fake_token_around_image>"]
+        glob = [vocab["<global-img>"]] if "<global-img>" in vocab else []
+        self._before, self._after = [fake, *glob], [fake]
+
+    def preprocess(self, images: list[Any]) -> list[torch.Tensor]:
+        from PIL import Image
+
+        images = [im.resize((self.side, self.side), Image.Resampling.BICUBIC) for im in images]
+        edge = {"longest_edge": self.side}
+        out = self.image_processor(
+            images=[[im] for im in images],
+            do_image_splitting=False,
+            size=edge,
+            max_image_size=edge,
+            return_tensors="pt",
+        )
+        return list(out["pixel_values"])  # (1, 3, S, S) each: one sample per image
+
+    def encode_images(self, core: nn.Module, pixels: list[Any]) -> list[Any]:
+        device = next(core.parameters()).device
+        out = core.get_image_features(torch.stack(pixels).to(device), return_dict=True)
+        return [f.clone() for f in out.pooler_output]  # one sample per image
+
+    def image_ids(self, payload: Any) -> list[int]:
+        return self._before + [self.image_token_id] * payload.shape[0] + self._after
+
+    def model_inputs(
+        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+    ) -> dict[str, Any]:
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+        if payloads:
+            inputs["mm_encoder_outputs"] = _precomputed(list(payloads))
+        return inputs
+
+
+_FAMILIES: dict[str, type[_Family]] = {
+    "qwen2_vl": _QwenVL,
+    "qwen2_5_vl": _QwenVL,
+    "smolvlm": _Idefics3,
+    "idefics3": _Idefics3,
+}
+
+
+# ------------------------------------------------------------------------------------ embedder
+
+
+class VLMEmbedder(nn.Module):
+    """Last-token VLM embedder with external (sum) or internal (joint prompt) fusion.
+
+    The module starts in eval mode; call ``.train()`` for LoRA training (dropout, gradient
+    checkpointing). No gradient context is imposed: wrap inference in ``torch.no_grad()``.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        fusion: str = "external",
+        lora: dict | None = None,
+        history_len: int = 10,
+        max_text_tokens: int = 64,
+        image_size: int = 64,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        image_cache_mb: float = 1024.0,
+    ):
+        super().__init__()
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+        )
+
+        if fusion not in ("external", "internal"):
+            raise ValueError(f"fusion must be 'external' or 'internal', got {fusion!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.model_name = str(model)
+        self.fusion = fusion
+        self.history_len = int(history_len)
+        self.max_text_tokens = int(max_text_tokens)
+        self.image_size = int(image_size)
+        self.dtype_name = dtype
+        self.trust_remote_code = trust_remote_code
+        remote = {"trust_remote_code": trust_remote_code}
+
+        config = AutoConfig.from_pretrained(model, **remote)
+        if config.model_type not in _FAMILIES:
+            raise ValueError(
+                f"unsupported VLM family {config.model_type!r}; supported: {sorted(_FAMILIES)}"
+            )
+        hf = AutoModelForImageTextToText.from_pretrained(
+            model, config=config, dtype=_DTYPES[dtype], **remote
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model, **remote)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        image_processor = AutoImageProcessor.from_pretrained(model, backend="pil", **remote)
+        self.tokenizer = tokenizer
+        self.family = _FAMILIES[config.model_type](config, tokenizer, image_processor, image_size)
+        self.model_type = config.model_type
+
+        hf.config.use_cache = False
+        hf.requires_grad_(False)
+        if gradient_checkpointing:  # non-reentrant: works with frozen inputs and LoRA
+            kwargs = {"use_reentrant": False}
+            if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.gradient_checkpointing = gradient_checkpointing
+        self.lora = None if lora is None else {**DEFAULT_LORA, **lora}
+        self._peft: Any = None
+        if self.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora_cfg = LoraConfig(
+                r=int(self.lora["r"]),
+                lora_alpha=float(self.lora["alpha"]),
+                lora_dropout=float(self.lora["dropout"]),
+                target_modules=self._target_regex(hf, self.lora["targets"]),
+                bias="none",
+            )
+            with warnings.catch_warnings():  # peft calls a transformers name deprecated in v5
+                warnings.simplefilter("ignore", FutureWarning)
+                self._peft = get_peft_model(hf, lora_cfg)
+        self.backbone = self._peft if self._peft is not None else hf
+        # the multimodal trunk without the LM head (LoRA layers are injected in place)
+        self.__dict__["_core"] = hf.model
+        self._dim = int(hf.get_decoder().config.hidden_size)
+
+        marker = Path(str(model)) / "harness_tiny.json"
+        self.stand_in: dict | None = json.loads(marker.read_text()) if marker.is_file() else None
+        self._special = re.compile(
+            "|".join(re.escape(t) for t in sorted(self._special_tokens(), key=len, reverse=True))
+        )
+        self._text_cache: OrderedDict[str, str | None] = OrderedDict()
+        self._image_cache: OrderedDict[str, Any] = OrderedDict()
+        self._image_cache_bytes = 0
+        self.image_cache_bytes_max = int(image_cache_mb * 2**20)
+        self.eval()
+
+    # ------------------------------------------------------------------ properties & info
+
+    @property
+    def dim(self) -> int:
+        """Embedding size (the language model's hidden size)."""
+        return self._dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def info(self) -> dict[str, Any]:
+        """Provenance of the backbone (results must report ``stand_in``)."""
+        n_params = sum(p.numel() for p in self.backbone.parameters())
+        return {
+            "model": self.model_name,
+            "model_type": self.model_type,
+            "stand_in": self.stand_in is not None,
+            "stand_in_note": None if self.stand_in is None else self.stand_in.get("note"),
+            "n_params": n_params,
+            "n_trainable": sum(p.numel() for p in self.trainable_parameters()),
+            "dim": self.dim,
+            "fusion": self.fusion,
+            "lora": self.lora,
+            "dtype": self.dtype_name,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "history_len": self.history_len,
+            "max_text_tokens": self.max_text_tokens,
+            "image_size": self.image_size,
+            "image_side_px": self.family.side,
+        }
+
+    # ------------------------------------------------------------------ LoRA
+
+    @staticmethod
+    def _target_regex(hf: nn.Module, targets: str | list[str]) -> str:
+        """Regex over the language model's Linear layers named in ``targets`` ("auto": the
+        attention and MLP projections present)."""
+        decoder = hf.get_decoder()
+        prefix = next(name for name, mod in hf.named_modules() if mod is decoder)
+        names = {
+            n.rsplit(".", 1)[-1] for n, m in decoder.named_modules() if isinstance(m, nn.Linear)
+        }
+        if targets == "auto":
+            wanted = [t for t in LORA_CANDIDATES if t in names]
+        else:
+            wanted = targets.split(",") if isinstance(targets, str) else list(targets)
+            wanted = [t.strip() for t in wanted if t.strip()]
+            missing = [t for t in wanted if t not in names]
+            if missing:
+                raise ValueError(
+                    f"LoRA targets {missing} not in the language model: {sorted(names)}"
+                )
+        if not wanted:
+            raise ValueError(f"no LoRA target found in the language model: {sorted(names)}")
+        return rf"{re.escape(prefix)}\..*\.({'|'.join(wanted)})"
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The LoRA parameters (empty when ``lora`` is None: the backbone is frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Write the LoRA weights (peft format: adapter_config.json + adapter_model.safetensors)
+        and the embedder settings."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if self._peft is None:
+            raise RuntimeError("no LoRA adapter: the embedder was built with lora=None")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self._peft, save_embedding_layers=False)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()}, path / ADAPTER_WEIGHTS
+        )
+        self._peft.peft_config["default"].save_pretrained(str(path))
+        settings = {k: v for k, v in self.info().items() if k not in ("n_params", "n_trainable")}
+        (path / EMBEDDER_CONFIG).write_text(json.dumps(settings, indent=2, default=str) + "\n")
+        return path
+
+    def load_adapter(self, path: str | Path) -> None:
+        """Load LoRA weights written by ``save_adapter`` (same rank and targets required)."""
+        from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if self._peft is None:
+            raise RuntimeError("no LoRA adapter: the embedder was built with lora=None")
+        path = Path(path)
+        saved, ours = LoraConfig.from_pretrained(str(path)), self._peft.peft_config["default"]
+        for key in ("r", "lora_alpha", "target_modules"):
+            if getattr(saved, key) != getattr(ours, key):
+                raise ValueError(f"adapter {key} {getattr(saved, key)!r} != {getattr(ours, key)!r}")
+        state = load_file(str(path / ADAPTER_WEIGHTS), device=str(self.device))
+        expected = set(get_peft_model_state_dict(self._peft, save_embedding_layers=False))
+        if set(state) != expected:
+            raise ValueError(f"adapter keys differ: {sorted(set(state) ^ expected)[:5]}")
+        result = set_peft_model_state_dict(self._peft, state)
+        if result.unexpected_keys:
+            raise ValueError(f"unexpected adapter keys: {result.unexpected_keys[:5]}")
+
+    # ------------------------------------------------------------------ inputs
+
+    def _special_tokens(self) -> set[str]:
+        tok = self.tokenizer
+        found = set(tok.all_special_tokens)
+        found |= {str(t) for t in tok.added_tokens_decoder.values()}
+        return {t for t in found if t}
+
+    def _texts(self, raw: list[str | None]) -> list[str | None]:
+        """Cleaned texts (whitespace collapsed, special tokens removed, at most
+        ``max_text_tokens`` tokens); None where the text is missing or blank."""
+        cache = self._text_cache
+        todo = sorted({t for t in raw if t and t not in cache})
+        if todo:
+            cleaned = [" ".join(self._special.sub(" ", t).split()) for t in todo]
+            ids = self.tokenizer(cleaned, add_special_tokens=False)["input_ids"]
+            for key, text, tid in zip(todo, cleaned, ids):
+                if len(tid) > self.max_text_tokens:
+                    text = self.tokenizer.decode(tid[: self.max_text_tokens]).strip()
+                cache[key] = text or None
+            while len(cache) > 200_000:
+                cache.popitem(last=False)
+        return [cache[t] if t else None for t in raw]
+
+    def _images(self, paths: list[Path | None]) -> list[Any]:
+        """Per-image vision-tower outputs (LRU-cached by path: the tower is frozen); None where
+        the image is missing or unreadable (``benchmark.data.dataset.check_image``)."""
+        from PIL import Image
+
+        from benchmark.data.dataset import check_image
+
+        cache = self._image_cache
+        todo = list(dict.fromkeys(str(p) for p in paths if p is not None and str(p) not in cache))
+        readable = []
+        for key in todo:
+            if check_image(Path(key)) is None:
+                readable.append(key)
+            else:
+                self._cache_put(key, None)
+        for s in range(0, len(readable), _VISION_CHUNK):
+            keys = readable[s : s + _VISION_CHUNK]
+            loaded = []
+            for key in keys:
+                with Image.open(key) as img:
+                    loaded.append(img.convert("RGB"))
+            with torch.no_grad():
+                feats = self.family.encode_images(self._core, self.family.preprocess(loaded))
+            for key, feat in zip(keys, feats):
+                self._cache_put(key, feat)
+        out = []
+        for p in paths:
+            if p is None:
+                out.append(None)
+                continue
+            key = str(p)
+            if key not in cache:  # evicted by this very call (cache smaller than one batch)
+                self._images([p])
+            cache.move_to_end(key)
+            out.append(cache[key])
+        return out
+
+    def _cache_put(self, key: str, payload: Any) -> None:
+        cache = self._image_cache
+        cache[key] = payload
+        self._image_cache_bytes += _nbytes(payload)
+        while self._image_cache_bytes > self.image_cache_bytes_max and len(cache) > 1:
+            self._image_cache_bytes -= _nbytes(cache.popitem(last=False)[1])
+
+    def clear_image_cache(self) -> None:
+        """Drop cached vision-tower outputs (e.g. after changing the backbone's vision weights)."""
+        self._image_cache.clear()
+        self._image_cache_bytes = 0
+
+    # ------------------------------------------------------------------ encoding
+
+    def _embed(self, bodies: list[str], payloads: list[list[Any]]) -> torch.Tensor:
+        """One forward over prompts (bodies wrapped in the chat turn, one image token per image
+        expanded in id space, left padding): (n, d) float32 unit vectors of the last token."""
+        fam = self.family
+        texts = [prompts.wrap(fam.prompt_family, b) for b in bodies]
+        rows = []
+        for ids, imgs in zip(self.tokenizer(texts)["input_ids"], payloads):
+            cuts = [i for i, t in enumerate(ids) if t == fam.image_token_id]
+            if len(cuts) != len(imgs):
+                raise ValueError(f"prompt has {len(cuts)} image tokens for {len(imgs)} images")
+            row, last = [], 0
+            for cut, img in zip(cuts, imgs):
+                row += ids[last:cut] + fam.image_ids(img)
+                last = cut + 1
+            rows.append(row + ids[last:])
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+        flat = [p for row in payloads for p in row]
+        device = self.device
+        inputs = fam.model_inputs(ids, mask, flat)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        out = self._core(**inputs, use_cache=False, return_dict=True)
+        return F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
+
+    def _branch(self, n: int, rows: list[int], bodies: list[str], payloads: list[list[Any]]):
+        """(n, d) with the embedded prompts at ``rows`` and zeros elsewhere, plus the mask."""
+        present = torch.zeros(n, dtype=torch.bool)
+        if not rows:
+            return torch.zeros(n, self.dim, device=self.device), present.to(self.device)
+        emb = self._embed(bodies, payloads)
+        idx = torch.tensor(rows, device=emb.device)
+        present[rows] = True
+        out = torch.zeros(n, self.dim, device=emb.device, dtype=emb.dtype).index_copy(0, idx, emb)
+        return out, present.to(emb.device)
+
+    def _finish(self, n: int, text, image, joint) -> Branches:
+        (t, tp), (v, vp) = text, image
+        if joint is None:
+            return Branches(t, tp, v, vp, t + v, tp | vp)
+        return Branches(t, tp, v, vp, joint[0], joint[1])
+
+    def encode_items(self, items: list[ItemContent], unimodal: bool = True) -> Branches:
+        """Embed items. Under internal fusion ``unimodal=False`` skips the text and image
+        branches (returned as zeros, marked absent); external fusion always needs them."""
+        n = len(items)
+        texts = self._texts([it.text for it in items])
+        imgs = self._images([it.image for it in items])
+        slot = self.family.slot
+        none = (torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.bool))
+        text = image = (none[0], none[1].to(self.device))
+        if self.fusion == "external" or unimodal:
+            rows = [i for i, t in enumerate(texts) if t]
+            text = self._branch(
+                n, rows, [prompts.item_text(texts[i]) for i in rows], [[]] * len(rows)
+            )
+            rows = [i for i, p in enumerate(imgs) if p is not None]
+            image = self._branch(
+                n, rows, [prompts.item_image(slot)] * len(rows), [[imgs[i]] for i in rows]
+            )
+        joint = None
+        if self.fusion == "internal":
+            rows = [i for i in range(n) if texts[i] or imgs[i] is not None]
+            bodies = [prompts.item_joint(texts[i], imgs[i] is not None, slot) for i in rows]
+            joint = self._branch(
+                n, rows, bodies, [[imgs[i]] if imgs[i] is not None else [] for i in rows]
+            )
+        return self._finish(n, text, image, joint)
+
+    def encode_users(self, histories: list[list[ItemContent]], unimodal: bool = True) -> Branches:
+        """Embed users from their histories (the last ``history_len`` items, oldest first): one
+        prompt listing the items' texts, one holding their images; ``unimodal`` as for items."""
+        n = len(histories)
+        hist = [list(h)[-self.history_len :] if self.history_len > 0 else [] for h in histories]
+        flat = [it for h in hist for it in h]
+        texts_flat = self._texts([it.text for it in flat])
+        imgs_flat = self._images([it.image for it in flat])
+        texts, imgs, k = [], [], 0
+        for h in hist:
+            texts.append(texts_flat[k : k + len(h)])
+            imgs.append(imgs_flat[k : k + len(h)])
+            k += len(h)
+        slot = self.family.slot
+        none = (torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.bool))
+        text = image = (none[0], none[1].to(self.device))
+        if self.fusion == "external" or unimodal:
+            present_t = [[t for t in ts if t] for ts in texts]
+            present_v = [[p for p in ps if p is not None] for ps in imgs]
+            rows = [u for u in range(n) if present_t[u]]
+            text = self._branch(
+                n, rows, [prompts.user_text(present_t[u]) for u in rows], [[]] * len(rows)
+            )
+            rows = [u for u in range(n) if present_v[u]]
+            bodies = [prompts.user_image(len(present_v[u]), slot) for u in rows]
+            image = self._branch(n, rows, bodies, [present_v[u] for u in rows])
+        joint = None
+        if self.fusion == "internal":
+            entries = [
+                [(t, p is not None) for t, p in zip(ts, ps) if t or p is not None]
+                for ts, ps in zip(texts, imgs)
+            ]
+            rows = [u for u in range(n) if entries[u]]
+            bodies = [prompts.user_joint(entries[u], slot) for u in rows]
+            payloads = [[p for p in imgs[u] if p is not None] for u in rows]
+            joint = self._branch(n, rows, bodies, payloads)
+        return self._finish(n, text, image, joint)
+
+    def forward(self, items: list[ItemContent]) -> Branches:
+        """Same as ``encode_items``."""
+        return self.encode_items(items)
+
+
+def _nbytes(payload: Any) -> int:
+    if payload is None:
+        return 64
+    if torch.is_tensor(payload):
+        return payload.numel() * payload.element_size() + 64
+    return sum(_nbytes(p) for p in payload)

@@ -1,0 +1,584 @@
+"""The registered VLM2Rec models (docs/vlm2rec.md §5-§6), both RecBole ``SequentialRecommender``s
+scored through the harness's common evaluator.
+
+- :class:`VLM2Rec` (``vlm2rec``, direct ranking): ``score(u, i) = cos(h_u, e_i)``, the user
+  embedded from the last ``history_len`` items of the input sequence, the item table ``{e_i}``
+  encoded once per adapter and cached on disk. Trained by its own loop
+  (:mod:`methods.vlm2rec.train`) through ``fit``, which the runner calls when a model has one.
+- :class:`VLM2RecSASRec` (``vlm2rec_sasrec``, SR initialisation): SASRec whose item table is a
+  2-layer MLP adapter (LLMEmb-style) over the frozen table of a trained VLM2Rec, then trained by
+  the harness :class:`~benchmark.training.Trainer` as usual.
+
+Sharing the trained VLM2Rec between the two: a finished VLM2Rec training is published in the
+embedding cache under a *stage key* (all ``vlm2rec`` parameters, seed, dataset content hash,
+split checksum and evaluator settings): ``<cache>/vlm2rec/stages/<key>/`` holds the adapter,
+the training outcome and per-step diagnostics, and the key of its item table. Whichever of the
+two models needs that stage first trains it; the other reuses it. Item tables live in
+``<cache>/vlm2rec/item-tables/<key>.npz``, keyed by the adapter's content hash, the backbone's
+hash, the encoding settings, the input modalities and the dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.recbole_compat import import_recbole
+
+import_recbole()
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from torch import nn
+
+from baselines.sasrec import SASRec
+from benchmark.errors import ConfigError
+from benchmark.io import atomic_write, atomic_write_json, read_json, stable_hash
+from benchmark.training import TrainOutcome
+
+from .losses import MODALITIES, Objective, info_nce
+
+log = logging.getLogger(__name__)
+
+STAGE_VERSION = 1  # bump when training or encoding changes what a stage computes
+TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm)")
+TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def cache_root(config) -> Path:
+    """The embedding cache (``cache_dir`` given by the runner, else the harness default)."""
+    if config["cache_dir"]:
+        return Path(config["cache_dir"])
+    from benchmark.runner import default_cache_dir
+
+    return default_cache_dir()
+
+
+def resolve_vlm(name: str, data, cache_dir: Path) -> Path:
+    """The local checkpoint folder of ``name``: a hub name or folder, or ``tiny-<family>`` /
+    ``small-<family>`` meaning a random stand-in for this dataset, built once into the cache
+    (its tokenizer is trained on the items' texts) and loaded back via ``from_pretrained``."""
+    match = TINY_NAME.fullmatch(name)
+    if match is None:
+        from benchmark.encoders.checkpoints import resolve_checkpoint
+
+        return resolve_checkpoint(name)
+    size, family = match.groups()
+
+    from . import tiny
+
+    recipe = [data.content_hash, TINY_SEED, hashlib.sha256(Path(tiny.__file__).read_bytes())
+              .hexdigest()]  # a changed stand-in recipe builds a new folder
+    target = cache_dir / "checkpoints" / f"{name}-{stable_hash(recipe)}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        texts = [item_text(data, i) or "" for i in range(1, data.n_items)]
+        tiny.build_tiny_checkpoint(family, tmp, texts, seed=TINY_SEED, size=size)
+        try:
+            os.rename(tmp, target)  # publish the finished folder in one step
+        except OSError:  # another process published it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def item_text(data, item: int) -> str | None:
+    """The item's text for its prompt: the title, then the description (docs §1), each once."""
+    parts = []
+    for name in ("title", "text"):
+        values = data.item_fields.get(name)
+        value = (values[item] or "").strip() if values is not None else ""
+        if value and value not in parts:
+            parts.append(value)
+    return ". ".join(parts) or None
+
+
+def item_contents(data) -> list:
+    """Raw content of every item (index 0, padding, is empty)."""
+    from .embedder import ItemContent
+
+    return [ItemContent(text=item_text(data, i), image=data.image_path(i))
+            for i in range(data.n_items)]
+
+
+def tensor_hash(state: dict[str, torch.Tensor]) -> str:
+    """Content hash of a name -> tensor dict."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode() + b"\0" + t.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def evaluator_settings(evaluator) -> dict:
+    """What of an evaluator decides early stopping (part of the stage key)."""
+    return {"mode": evaluator.mode, "n_negatives": evaluator.n_negatives,
+            "candidate_seed": evaluator.candidate_seed, "max_len": evaluator.max_len,
+            "exclude_history": evaluator.exclude_history}
+
+
+def registry_params(name: str, config) -> dict:
+    """A model's flat registry parameters, read back from its RecBole config."""
+    from benchmark.registry import get_model_spec
+
+    return {k: config[k] for k in get_model_spec(name).all_defaults()}
+
+
+def embed_dtype(params: dict, device) -> str:
+    """bf16 weights only on a CUDA device that supports them (``bf16`` parameter)."""
+    cuda = torch.device(device).type == "cuda"
+    return "bfloat16" if params["bf16"] and cuda and torch.cuda.is_bf16_supported() else "float32"
+
+
+def encoding_settings(params: dict, vlm_path: Path, data, device) -> dict:
+    """What, besides the adapter, decides the embeddings: backbone, prompts, precision, data."""
+    from benchmark.encoders.checkpoints import checkpoint_hash
+
+    return {"vlm": checkpoint_hash(vlm_path), "dtype": embed_dtype(params, device),
+            "dataset": data.content_hash,
+            **{k: params[k] for k in ("fusion", "max_text_tokens", "image_size", "history_len")}}
+
+
+def stage_key(params: dict, encoding: dict, seed: int, split, evaluator) -> str:
+    """Identity of one VLM2Rec training: every parameter, the backbone and encoding, the seed,
+    the split and the evaluator settings that drive early stopping."""
+    return stable_hash({"version": STAGE_VERSION, "params": params, "encoding": encoding,
+                        "seed": seed, "split": split.checksum,
+                        "evaluator": evaluator_settings(evaluator)}, length=32)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without disturbing the caller's random streams (python, numpy, torch)."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class StageStore:
+    """A published VLM2Rec training: ``adapter.pt``, ``stage.json`` (outcome, step log, the
+    item table's key). Written once, atomically (a folder renamed into place)."""
+
+    def __init__(self, root: Path, key: str):
+        self.key, self.path = key, root / "vlm2rec" / "stages" / key
+
+    def done(self) -> bool:
+        return (self.path / "stage.json").is_file()
+
+    def read(self) -> dict:
+        return read_json(self.path / "stage.json")
+
+    def adapter(self) -> dict[str, torch.Tensor]:
+        return torch.load(self.path / "adapter.pt", map_location="cpu", weights_only=True)
+
+    def publish(self, adapter: dict, record: dict) -> None:
+        if self.done():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", dir=self.path.parent))
+        try:
+            torch.save(adapter, tmp / "adapter.pt")
+            atomic_write_json(tmp / "stage.json", record)
+            try:
+                os.rename(tmp, self.path)
+            except OSError:  # published concurrently
+                if not self.done():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "vlm2rec" / "item-tables" / f"{key}.npz"
+
+
+def load_table(path: Path) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return torch.from_numpy(z["fused"].astype(np.float32))
+
+
+def save_table(path: Path, table: torch.Tensor) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, fused=table.detach().float().cpu().numpy())
+
+    atomic_write(path, write)
+
+
+# ---------------------------------------------------------------------------- direct ranking
+
+class VLM2Rec(SequentialRecommender):
+    """VLM2Rec as a direct ranker: a LoRA-tuned VLM embeds users and items, score = cosine.
+
+    ``forward(histories, targets)`` returns the training loss and its diagnostics (the loss
+    terms, p^t, p^v, rho, the weak modality, beta); ``calculate_loss`` is the same on a RecBole
+    prefix batch; ``fit`` runs the contrastive SFT loop; ``score`` / ``full_sort_predict`` rank
+    all items (column 0, padding, is -inf).
+    """
+
+    REGISTRY_NAME = "vlm2rec"
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        from .embedder import VLMEmbedder
+
+        self.config = config
+        self.params = registry_params(self.REGISTRY_NAME, config)
+        self.data = dataset.data
+        self.history_len = int(config["history_len"])
+        self.cache_dir = cache_root(config)
+        self.objective = Objective(
+            tau=config["tau"], lambda_w=config["lambda_w"], lambda_r=config["lambda_r"],
+            gamma=config["gamma"], alpha=config["alpha"], tau_r=config["tau_r"],
+            use_wpcl=config["wpcl"], use_crtr=config["crtr"])
+        self.vlm_path = resolve_vlm(config["vlm"], self.data, self.cache_dir)
+        lora = None
+        if config["lora_r"] > 0:
+            lora = {"r": config["lora_r"], "alpha": config["lora_alpha"],
+                    "dropout": config["lora_dropout"], "targets": config["lora_targets"]}
+        self.embedder = VLMEmbedder(
+            self.vlm_path, fusion=config["fusion"], lora=lora, history_len=self.history_len,
+            max_text_tokens=config["max_text_tokens"], image_size=config["image_size"],
+            dtype=embed_dtype(self.params, config["device"]),
+            gradient_checkpointing=config["gradient_checkpointing"])
+        # unimodal branches: always with external fusion; with internal fusion only when a
+        # term needs them (they cost two more forward passes)
+        self.unimodal = config["fusion"] == "external" or config["wpcl"] or config["crtr"]
+        self.encoding = encoding_settings(self.params, self.vlm_path, self.data, config["device"])
+        self.contents = item_contents(self.data)
+        self.input_modalities: tuple[str, ...] = MODALITIES
+        self.probe_grads = False  # set by the trainer on the steps that measure gradients
+        self.step_log: list[dict] = []
+        self.stage_reused: str | None = None
+        self._adapter_key: tuple[tuple, str] = ((), "")
+        self._table: tuple[str, torch.Tensor] | None = None
+        self._users: tuple[str, dict[tuple, torch.Tensor]] = ("", {})
+
+    # -- content ------------------------------------------------------------------------------
+    def set_input_modalities(self, modalities: tuple[str, ...] = MODALITIES) -> None:
+        """Feed only these modalities to the VLM at scoring time (the modality-dropout test of
+        docs/vlm2rec.md §8a): the other one is removed from every item and history."""
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown or not modalities:
+            raise ConfigError(f"input modalities must be a non-empty subset of {MODALITIES}")
+        self.input_modalities = tuple(m for m in MODALITIES if m in modalities)
+
+    def content(self, item: int):
+        c = self.contents[item]
+        if self.input_modalities == MODALITIES:
+            return c
+        return type(c)(text=c.text if "text" in self.input_modalities else None,
+                       image=c.image if "image" in self.input_modalities else None)
+
+    def _histories(self, item_seq: torch.Tensor, lens: torch.Tensor) -> list[list[int]]:
+        seq, lens = item_seq.tolist(), lens.tolist()
+        return [s[max(0, n - self.history_len):n] for s, n in zip(seq, lens)]
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(self, histories: list[list[int]], targets: list[int]) -> tuple[torch.Tensor, dict]:
+        """The objective on B (history, next item) pairs: (loss, diagnostics of the batch)."""
+        users = self.embedder.encode_users([[self.contents[i] for i in h] for h in histories],
+                                           unimodal=self.unimodal)
+        items = self.embedder.encode_items([self.contents[i] for i in targets],
+                                           unimodal=self.unimodal)
+        target_ids = torch.as_tensor(targets, device=users.fused.device)
+        loss, terms = self.objective(users, items, target_ids)
+        if self.probe_grads:
+            terms.update(self.modality_grad_norms(users, items, target_ids))
+        return loss, terms
+
+    def modality_grad_norms(self, users, items, target_ids: torch.Tensor) -> dict:
+        """Per-modality gradient norms on the shared trainable parameters (docs §8b): each
+        branch's unimodal InfoNCE back-propagated separately."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        out = {}
+        for m, h, e, hp, ep in (("text", users.text, items.text, users.text_present,
+                                 items.text_present),
+                                ("image", users.image, items.image, users.image_present,
+                                 items.image_present)):
+            loss = info_nce(h, e, self.objective.tau, target_ids, hp & ep, ep)
+            if not loss.requires_grad:
+                out[f"grad_{m}"] = 0.0
+                continue
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            out[f"grad_{m}"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads
+                                                    if g is not None)))
+        return out
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        """RecBole's interface: the objective on a prefix batch (history -> ``POS_ITEM_ID``)."""
+        histories = self._histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        loss, terms = self(histories, interaction[self.POS_ITEM_ID].tolist())
+        self.step_log.append(terms)
+        return loss
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the trainable (adapter) parameters, by name."""
+        return {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value)  # in place: bumps the version, the table goes stale
+
+    def saved_state_dict(self) -> dict[str, torch.Tensor]:
+        """What the runner stores as ``model.pt``: the adapter, not the frozen backbone."""
+        return self.trainable_state()
+
+    def fit(self, split, evaluator, *, seed: int, checkpoint: Path | None = None,
+            resume: bool = False, progress: bool = True, on_epoch=None,
+            on_step=None) -> TrainOutcome:
+        """Train (or reuse the published training of the same stage key), restore the best
+        adapter, publish it and cache its item table. Callbacks get (index, row)."""
+        from .train import ContrastiveTrainer
+
+        stage = StageStore(self.cache_dir,
+                           stage_key(self.params, self.encoding, seed, split, evaluator))
+        if stage.done():
+            record = stage.read()
+            self.load_trainable_state(stage.adapter())
+            self.step_log, self.stage_reused = record["steps"], stage.key
+            log.info("VLM2Rec: reusing the trained stage %s", stage.path)
+            for row in self.step_log if on_step else ():
+                on_step(row["step"], row)
+            for row in record["outcome"]["history"] if on_epoch else ():
+                on_epoch(row["epoch"], row)
+            self.eval()
+            return TrainOutcome(**record["outcome"])
+        trainer = ContrastiveTrainer(self, self.params, split, evaluator, seed,
+                                     checkpoint, progress, on_epoch, on_step)
+        outcome = trainer.fit(resume=resume)
+        self.step_log = trainer.step_log
+        if _rank() == 0:
+            table_key = self.table_key()
+            save_table(table_path(self.cache_dir, table_key), self.item_table())
+            stage.publish(self.trainable_state(), {
+                "outcome": vars(outcome), "steps": self.step_log, "table_key": table_key,
+                "embedder": self.embedder.info()})
+        return outcome
+
+    # -- scoring ------------------------------------------------------------------------------
+    def adapter_key(self) -> str:
+        """Content hash of the adapter, recomputed only after an in-place change of a trainable
+        parameter (an optimizer step, loading weights)."""
+        version = tuple(p._version for p in self.parameters() if p.requires_grad)
+        if self._adapter_key[0] != version:
+            self._adapter_key = (version, tensor_hash(self.trainable_state()))
+        return self._adapter_key[1]
+
+    def table_key(self) -> str:
+        """Key of the embeddings of the current adapter and input modalities (memory and disk)."""
+        return stable_hash({"adapter": self.adapter_key(), **self.encoding,
+                            "modalities": self.input_modalities}, length=32)
+
+    @torch.no_grad()
+    def item_table(self) -> torch.Tensor:
+        """(n_items, d) L2-normalised fused item embeddings (row 0 zeros), cached in memory
+        and on disk per adapter content and input modalities."""
+        key = self.table_key()
+        if self._table is not None and self._table[0] == key:
+            return self._table[1]
+        table = load_table(table_path(self.cache_dir, key))
+        if table is None:
+            table = self._encode_items()
+        table = table.to(self.embedder.device)
+        self._table = (key, table)
+        return table
+
+    def _encode_items(self) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        rows = [torch.zeros(1, self.embedder.dim, device=self.embedder.device)]
+        bs = int(self.config["eval_batch_size"])
+        for start in range(1, self.n_items, bs):
+            items = [self.content(i) for i in range(start, min(start + bs, self.n_items))]
+            rows.append(F.normalize(self.embedder.encode_items(items, unimodal=False).fused
+                                    .float(), dim=-1))
+        self.train(was_training)
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, item_seq: torch.Tensor,
+              lens: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) cosine scores of each user against every item; column 0 is -inf."""
+        was_training = self.training
+        self.eval()
+        table = self.item_table()
+        users = self.user_embeddings(self._histories(item_seq, lens))
+        scores = users @ table.T
+        scores[:, 0] = -torch.inf
+        self.train(was_training)
+        return scores
+
+    @torch.no_grad()
+    def user_embeddings(self, histories: list[list[int]]) -> torch.Tensor:
+        """(B, d) L2-normalised fused user embeddings, memoised per history for the current
+        adapter (the last validation pass serves the final one)."""
+        key = self.table_key()
+        if self._users[0] != key:
+            self._users = (key, {})
+        memo = self._users[1]
+        keys = [tuple(h) for h in histories]
+        todo = list(dict.fromkeys(k for k in keys if k not in memo))
+        if todo:
+            u = self.embedder.encode_users([[self.content(i) for i in h] for h in todo],
+                                           unimodal=False)
+            for k, row in zip(todo, F.normalize(u.fused.float(), dim=-1)):
+                memo[k] = row
+        return torch.stack([memo[k] for k in keys])
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        return self.score(interaction[self.USER_ID], interaction[self.ITEM_SEQ],
+                          interaction[self.ITEM_SEQ_LEN])
+
+    def predict(self, interaction) -> torch.Tensor:
+        scores = self.full_sort_predict(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID].view(-1, 1)).squeeze(1)
+
+
+# ------------------------------------------------------------------------- SR initialisation
+
+class AdaptedTable(nn.Module):
+    """A frozen (n_items, d) table seen through a 2-layer MLP adapter to the SR hidden size
+    (LLMEmb's d -> d/2 -> hidden, with a GELU between the layers). Behaves like the
+    ``nn.Embedding`` it replaces: ``table(ids)`` and ``table.weight``."""
+
+    def __init__(self, n_items: int, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.register_buffer("frozen", torch.zeros(n_items, dim))
+        mid = max(1, dim // 2)
+        self.mlp = nn.Sequential(nn.Linear(dim, mid), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mid, hidden))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.mlp(self.frozen)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.frozen[ids])
+
+
+class VLM2RecSASRec(SASRec):
+    """SASRec initialised from VLM2Rec item embeddings (docs/vlm2rec.md §6, mode 2).
+
+    ``fit`` first obtains the trained VLM2Rec item table: the ``vlm2rec`` model under the
+    preset ``stage1_preset`` and the overrides ``stage1_overrides``, same seed, same split,
+    same evaluator settings; read from the cache when that stage was published (by a
+    ``vlm2rec`` run or an earlier ``vlm2rec_sasrec`` run), else trained and published now.
+    Then the harness Trainer trains SASRec with the table frozen and the adapter learned. Until
+    ``fit`` has run, the table is zeros.
+    """
+
+    REGISTRY_NAME = "vlm2rec_sasrec"
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        from benchmark.registry import get_model_spec
+
+        self.config = config
+        self.params = registry_params(self.REGISTRY_NAME, config)
+        self.data = dataset.data
+        self.cache_dir = cache_root(config)
+        self.stage_params = get_model_spec("vlm2rec").resolve(
+            config["stage1_preset"] or None, config["stage1_overrides"] or {})
+        self.vlm_path = resolve_vlm(self.stage_params["vlm"], self.data, self.cache_dir)
+        from transformers import AutoConfig
+
+        vlm_config = AutoConfig.from_pretrained(self.vlm_path)  # the size, not the weights
+        dim = int(getattr(vlm_config, "text_config", vlm_config).hidden_size)
+        self.item_embedding = AdaptedTable(self.n_items, dim, config["hidden_size"],
+                                           config["hidden_dropout_prob"])
+        self.item_embedding.apply(self._init_weights)
+        self.stage_key: str | None = None
+        self.stage_steps: list[dict] = []
+
+    def set_item_table(self, table: torch.Tensor) -> None:
+        if table.shape != self.item_embedding.frozen.shape:
+            raise ConfigError(f"VLM2Rec item table has shape {tuple(table.shape)}, expected "
+                              f"{tuple(self.item_embedding.frozen.shape)}")
+        self.item_embedding.frozen.copy_(table.to(self.item_embedding.frozen.device))
+
+    def fit(self, split, evaluator, *, seed: int, checkpoint: Path | None = None,
+            resume: bool = False, progress: bool = True, on_epoch=None,
+            on_step=None) -> TrainOutcome:
+        """Stage 1 (VLM2Rec, cached), then SASRec with the harness Trainer."""
+        from benchmark.training import Trainer
+
+        device = self.item_embedding.frozen.device
+        run_dir = (Path(checkpoint).parent if checkpoint is not None
+                   else Path(self.config["checkpoint_dir"]).parent)
+        with preserved_rng():  # a cached and a fresh stage leave the same random state
+            self.set_item_table(self.stage_table(split, evaluator, seed, run_dir / "vlm2rec-stage",
+                                                 resume, progress, on_step))
+        trainer = Trainer(self, self.params, split, evaluator, seed, str(device), checkpoint,
+                          progress=progress, on_epoch=on_epoch)
+        return trainer.fit(resume=resume)
+
+    def stage_table(self, split, evaluator, seed: int, stage_dir: Path, resume: bool = False,
+                    progress: bool = False, on_step=None) -> torch.Tensor:
+        """The trained VLM2Rec item table (n_items, d): from the cache, or trained now."""
+        from benchmark.evaluation import Evaluator
+        from benchmark.registry import get_model_spec
+        from benchmark.runner import build_model
+
+        p = self.stage_params
+        ev = Evaluator(split, evaluator.n_items, p["MAX_ITEM_LIST_LENGTH"], mode=evaluator.mode,
+                       n_negatives=evaluator.n_negatives, candidate_seed=evaluator.candidate_seed,
+                       ks=evaluator.ks, batch_size=p["eval_batch_size"],
+                       case_labels=evaluator.case_labels,
+                       exclude_history=evaluator.exclude_history)
+        device = self.item_embedding.frozen.device
+        encoding = encoding_settings(p, self.vlm_path, self.data, device)
+        store = StageStore(self.cache_dir, stage_key(p, encoding, seed, split, ev))
+        self.stage_key = store.key
+        if store.done():  # the table on disk: no need to load the backbone at all
+            record = store.read()
+            table = load_table(table_path(self.cache_dir, record["table_key"]))
+            if table is not None:
+                self.stage_steps = record["steps"]
+                return table
+        model = build_model(get_model_spec("vlm2rec"), p, self.data, stage_dir, seed,
+                            str(device), split, self.cache_dir)
+        checkpoint = stage_dir / "checkpoint.pt"
+        model.fit(split, ev, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
+                  on_step=on_step)
+        self.stage_steps = model.step_log
+        table = model.item_table().detach().cpu()
+        if checkpoint.exists() and _rank() == 0:
+            checkpoint.unlink()
+        return table

@@ -1,0 +1,388 @@
+"""Tiny randomly initialised VLM checkpoints (stand-ins: no pretrained VLM weights exist here).
+
+``build_tiny_checkpoint`` writes a normal Hugging Face checkpoint folder (config + safetensors
+weights, a byte-level BPE tokenizer trained offline on the given texts with the family's special
+tokens, the image processor config) that ``VLMEmbedder`` loads back only through the standard
+``from_pretrained`` path, exactly as it would load a real checkpoint. The folder also holds
+``harness_tiny.json`` saying it is a random stand-in: results computed with it must say so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import prompts
+
+#: Marker file written into every stand-in checkpoint folder.
+TINY_MARKER = "harness_tiny.json"
+
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3")
+SIZES = ("tiny", "small")
+
+_QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+_SMOLVLM_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<image>",
+]
+
+# Text-model sizes: tiny ~0.25 M parameters in all; small ~14 M (environment.md's throughput model).
+_TEXT = {
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 128, "vocab": 1000},
+    "small": {"hidden": 512, "layers": 4, "heads": 8, "kv_heads": 4, "inter": 1376, "vocab": 4000},
+}
+_VISION = {
+    "tiny": {"hidden": 32, "layers": 1, "heads": 2, "patch": 8, "image": 32},
+    "small": {"hidden": 128, "layers": 2, "heads": 4, "patch": 14, "image": 224},
+}
+
+
+def paper_config() -> dict[str, Any]:
+    """``VLMEmbedder`` keyword arguments of the paper preset.
+
+    Qwen2.5-VL-3B-Instruct with LoRA r=16, bf16 and gradient checkpointing [summary]; LoRA alpha,
+    dropout and targets, history length 10, text budget and image size are [design] choices.
+    The weights cannot be downloaded on the harness machines; the code path is the same as for
+    the tiny stand-ins.
+    """
+    return {
+        "model": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "fusion": "external",
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "auto"},
+        "history_len": 10,
+        "max_text_tokens": 64,
+        "image_size": 224,
+        "dtype": "bfloat16",
+        "gradient_checkpointing": True,
+        "trust_remote_code": False,
+    }
+
+
+def is_tiny_checkpoint(path: str | Path) -> bool:
+    """True if ``path`` is a local folder holding a stand-in built by this module."""
+    return (Path(path) / TINY_MARKER).is_file()
+
+
+def _template_corpus() -> list[str]:
+    """Prompt words, so the trained tokenizer encodes the templates compactly."""
+    bodies = [
+        prompts.item_text("x"),
+        prompts.item_image(""),
+        prompts.user_text(["a", "b"]),
+        prompts.user_image(2, ""),
+        prompts.item_joint("x", True, ""),
+        prompts.user_joint([("a", True)], ""),
+    ]
+    return bodies + [wrapper.format(body="") for wrapper in prompts.CHAT.values()]
+
+
+def _train_tokenizer(
+    texts: Iterable[str], specials: list[str], vocab_size: int, pad: str, eos: str
+):
+    """Byte-level BPE trained offline on ``texts``, wrapped as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [t for t in texts if t] + _template_corpus()
+    tok.train_from_iterator(corpus, trainer)
+    extra = [s for s in specials if s not in (pad, eos)]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=pad, eos_token=eos, extra_special_tokens=extra
+    )
+
+
+def _qwen_config(family: str, size: str, tok) -> Any:
+    t, v = _TEXT[size], _VISION[size]
+    head_dim = t["hidden"] // t["heads"]
+    half, hw = head_dim // 2, 3 * (head_dim // 2) // 8
+    mrope = [half - 2 * hw, hw, hw]  # (temporal, height, width) sections sum to head_dim / 2
+    ids = {name: tok.convert_tokens_to_ids(name) for name in _QWEN_SPECIALS}
+    text = {
+        "vocab_size": len(tok),
+        "hidden_size": t["hidden"],
+        "intermediate_size": t["inter"],
+        "num_hidden_layers": t["layers"],
+        "num_attention_heads": t["heads"],
+        "num_key_value_heads": t["kv_heads"],
+        "max_position_embeddings": 8192,
+        "rope_parameters": {"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
+        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "tie_word_embeddings": True,
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": True,
+    }
+    if family == "qwen2-vl":
+        from transformers import Qwen2VLConfig
+
+        vision = {
+            "depth": v["layers"],
+            "embed_dim": v["hidden"],
+            "hidden_size": t["hidden"],
+            "num_heads": v["heads"],
+            "mlp_ratio": 2,
+            "patch_size": v["patch"],
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        }
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    from transformers import Qwen2_5_VLConfig
+
+    vision = {
+        "depth": v["layers"] + 1,
+        "hidden_size": v["hidden"],
+        "intermediate_size": 2 * v["hidden"],
+        "num_heads": v["heads"],
+        "out_hidden_size": t["hidden"],
+        "patch_size": v["patch"],
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 4 * v["patch"],  # two merged patches per window side
+        "fullatt_block_indexes": [v["layers"]],
+    }
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+
+
+def _smolvlm_config(family: str, size: str, tok) -> Any:
+    from transformers import Idefics3Config, SmolVLMConfig
+
+    t, v = _TEXT[size], _VISION[size]
+    text = {
+        "model_type": "llama",
+        "vocab_size": len(tok),
+        "hidden_size": t["hidden"],
+        "intermediate_size": t["inter"],
+        "num_hidden_layers": t["layers"],
+        "num_attention_heads": t["heads"],
+        "num_key_value_heads": t["kv_heads"],
+        "max_position_embeddings": 8192,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "pad_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
+        "bos_token_id": tok.convert_tokens_to_ids("<|im_start|>"),
+        "eos_token_id": tok.convert_tokens_to_ids("<end_of_utterance>"),
+        "tie_word_embeddings": True,
+    }
+    vision = {
+        "hidden_size": v["hidden"],
+        "intermediate_size": 2 * v["hidden"],
+        "num_hidden_layers": v["layers"],
+        "num_attention_heads": v["heads"],
+        "image_size": v["image"],
+        "patch_size": v["patch"],
+    }
+    config_class = SmolVLMConfig if family == "smolvlm" else Idefics3Config
+    return config_class(
+        text_config=text,
+        vision_config=vision,
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_checkpoint(
+    family: str, out_dir: Path, texts: list[str], seed: int = 0, size: str = "tiny"
+) -> Path:
+    """Build, save and return a random-weight ``family`` checkpoint folder at ``out_dir``.
+
+    ``family``: "qwen2-vl", "qwen2.5-vl", "smolvlm" or "idefics3" (SmolVLM's layout with the
+    Idefics3 classes); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
+    patches, 32 px images: 4 LM tokens per image) or "small" (~14 M, 14 px patches, 224 px).
+    """
+    import torch
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; expected one of {FAMILIES}")
+    if size not in SIZES:
+        raise ValueError(f"unknown tiny size {size!r}; expected one of {SIZES}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = _TEXT[size]["vocab"]
+    v = _VISION[size]
+    if family.startswith("qwen"):
+        from transformers import Qwen2VLImageProcessorPil
+
+        tok = _train_tokenizer(texts, _QWEN_SPECIALS, vocab, "<|endoftext|>", "<|im_end|>")
+        config = _qwen_config(family, size, tok)
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=v["patch"],
+            merge_size=2,
+            temporal_patch_size=2,
+            min_pixels=(2 * v["patch"]) ** 2,
+            max_pixels=max(v["image"], 64) ** 2,
+        )
+    else:
+        from transformers import Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
+
+        tok = _train_tokenizer(
+            texts, _SMOLVLM_SPECIALS, vocab, "<|endoftext|>", "<end_of_utterance>"
+        )
+        config = _smolvlm_config(family, size, tok)
+        processor_class = (
+            SmolVLMImageProcessorPil if family == "smolvlm" else Idefics3ImageProcessorPil
+        )
+        image_processor = processor_class(
+            do_image_splitting=False,
+            size={"longest_edge": v["image"]},
+            max_image_size={"longest_edge": v["image"]},
+        )
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    marker = {
+        "stand_in": True,
+        "pretrained": False,
+        "note": "Randomly initialised stand-in built by methods.vlm2rec.tiny from a config; NOT "
+        "pretrained weights. Results computed with it exercise the code path only and say "
+        "nothing about the real model.",
+        "family": family,
+        "size": size,
+        "seed": seed,
+        "n_params": n_params,
+        "model_type": config.model_type,
+        "n_tokenizer_texts": len(texts),
+    }
+    (out_dir / TINY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out_dir
+
+
+_BENCH_WORDS = ["red", "blue", "green", "toy", "car", "doll", "lipstick", "shoe", "running"]
+_BENCH_WORDS += ["beauty", "cream", "soft", "large", "small", "kids", "sport", "ball", "gift"]
+
+
+def benchmark(
+    family: str = "qwen2-vl",
+    size: str = "tiny",
+    work_dir: Path | None = None,
+    n_items: int = 512,
+    batch: int = 32,
+    train_batch: int = 16,
+    image_px: int = 32,
+    threads: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Throughput of the embedder on a stand-in: items/s, users/s (batch ``batch``, histories of
+    14 items, 10 used) and ms per LoRA forward+backward step on ``train_batch`` (user, item) pairs.
+    Reports wall-clock and process CPU time (CPU time is robust to other load on the machine)."""
+    import tempfile
+    import time
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .embedder import ItemContent, VLMEmbedder
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    root = Path(work_dir or tempfile.mkdtemp(prefix="vlm2rec_bench_"))
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(n_items):
+        path = root / "img" / f"{i}.png"
+        if not path.exists():
+            pixels = rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(path)
+        text = " ".join(rng.choice(_BENCH_WORDS, size=int(rng.integers(5, 25))))
+        items.append(ItemContent(text=text, image=path))
+    ckpt = build_tiny_checkpoint(
+        family, root / f"ckpt_{family}_{size}", [it.text for it in items], size=size
+    )
+    emb = VLMEmbedder(ckpt, lora={}, image_size=image_px)
+    hists = [[items[j] for j in rng.integers(0, n_items, size=14)] for _ in range(n_items)]
+
+    def timed(fn) -> tuple[float, float]:
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - w, time.process_time() - c
+
+    def run_items() -> None:
+        for s in range(0, n_items, batch):
+            emb.encode_items(items[s : s + batch])
+
+    def run_users() -> None:
+        for s in range(0, n_items, batch):
+            emb.encode_users(hists[s : s + batch])
+
+    with torch.no_grad():
+        cold = timed(run_items)  # fills the image cache (vision tower runs once per image)
+        warm = timed(run_items)
+        users = timed(run_users)
+    emb.train()
+    opt = torch.optim.AdamW(emb.trainable_parameters(), lr=1e-4)
+    target = torch.arange(train_batch)
+
+    def step(k: int) -> None:  # in-batch InfoNCE on cosine scores, as in the spec's L_CL
+        sl = slice(k * train_batch, (k + 1) * train_batch)
+        u, v = emb.encode_users(hists[sl]), emb.encode_items(items[sl])
+        unit = torch.nn.functional.normalize
+        logits = unit(u.fused, dim=-1) @ unit(v.fused, dim=-1).T / 0.05
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(0)  # warm-up
+    n_steps = min(8, n_items // train_batch - 1)
+    steps = [timed(lambda k=k: step(k)) for k in range(1, n_steps + 1)]
+    return {
+        "family": family,
+        "size": size,
+        "n_params": emb.info()["n_params"],
+        "threads": threads,
+        "image_px": image_px,
+        "items_per_s_cold_wall": n_items / cold[0],
+        "items_per_s_wall": n_items / warm[0],
+        "items_per_s_cpu": n_items / warm[1],
+        "users_per_s_wall": n_items / users[0],
+        "users_per_s_cpu": n_items / users[1],
+        "train_step_ms_wall": 1000 * float(np.median([s[0] for s in steps])),
+        "train_step_ms_cpu": 1000 * float(np.median([s[1] for s in steps])),
+    }
+
+
+if __name__ == "__main__":  # python -m methods.vlm2rec.tiny [family] [size] [threads]
+    import sys
+
+    args = sys.argv[1:]
+    result = benchmark(
+        family=args[0] if args else "qwen2-vl",
+        size=args[1] if len(args) > 1 else "tiny",
+        threads=int(args[2]) if len(args) > 2 else 1,
+    )
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))

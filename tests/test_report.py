@@ -1,0 +1,344 @@
+"""Reports: hand-checked significance, deterministic rendering from stored results, every section,
+the CLI, and a headless-Chromium render. Results are fake but valid (nothing is trained)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmark.cli import main
+from benchmark.evaluation import mean_metrics
+from benchmark.report import significance as sig
+from benchmark.report.build import ReportOptions, build_document, render_report
+from benchmark.report.results import load_results, per_user, seed_averaged
+
+SIGNALS = ("visual", "textual", "collaborative", "popularity")
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists()
+                                        else None)
+
+
+# -- fixture generator ---------------------------------------------------------------------------
+
+def write_fake_results(root: Path, suite: str = "fake",
+                       models: tuple[str, ...] = ("sasrec", "mostpop", "good", "twin"),
+                       seeds: tuple[int, ...] = (0, 1, 2), datasets: tuple[str, ...] = ("synthetic",),
+                       n_users: int = 300, n_items: int = 200, extras: bool = True) -> Path:
+    """Write a suite's results as :mod:`benchmark.runner` lays them out, with ranks drawn per
+    model (``good`` is far better than the rest; ``twin`` has exactly the ranks of the first
+    model). With ``extras``, also robustness, diagnostics and sweep files. Returns the suite dir."""
+    suite_dir = root / suite
+    rows = []
+    for d_i, dataset in enumerate(datasets):
+        labels = np.random.default_rng(100 + d_i)
+        signal = labels.choice(SIGNALS, size=n_users)
+        target = np.where(labels.random(n_users) < 0.4, "cold", "warm")
+        for m_i, model in enumerate(models):
+            for seed in seeds:
+                rng = np.random.default_rng([d_i, m_i, seed])
+                quality = 0.5 if model == "good" else 0.05 + 0.01 * m_i + 0.005 * seed
+                if model == "twin":
+                    rng = np.random.default_rng([d_i, 0, seed])
+                    quality = 0.05 + 0.005 * seed
+                ranks = np.minimum(rng.geometric(quality, n_users) - 1, n_items - 2)
+                order = rng.permutation(n_users)  # stored case order differs between runs
+                users = np.arange(1, n_users + 1)
+                groups, sizes = {}, {}
+                for name, values in (("signal", signal), ("target", target)):
+                    for v in sorted(set(values.tolist())):
+                        groups[f"{name}={v}"] = mean_metrics(ranks[values == v])
+                        sizes[f"{name}={v}"] = int((values == v).sum())
+                for s in SIGNALS:
+                    for t in ("warm", "cold"):
+                        mask = (signal == s) & (target == t)
+                        groups[f"signal={s},target={t}"] = mean_metrics(ranks[mask])
+                        sizes[f"signal={s},target={t}"] = int(mask.sum())
+                run_dir = suite_dir / "runs" / dataset / model / f"seed-{seed}"
+                run_dir.mkdir(parents=True)
+                np.savez_compressed(run_dir / "per_case.npz", valid_users=users[order],
+                                    valid_ranks=ranks[order], test_users=users[order],
+                                    test_ranks=ranks[order])
+                row = {"suite": suite, "dataset": dataset, "model": model, "seed": seed,
+                       "status": "ok", "valid": mean_metrics(ranks), "test": mean_metrics(ranks),
+                       "test_groups": groups, "test_group_sizes": sizes, "wall_seconds": 1.5,
+                       "run_dir": str(run_dir), "mlflow_run_id": f"run{m_i}{seed}",
+                       "best_epoch": 3, "epochs": 5}
+                card = {"code": {"commit": "0" * 40, "dirty": False},
+                        "packages": {"numpy": "2.0", "torch": "2.13.0"},
+                        "hardware": {"cpus": 2, "device": "cpu"},
+                        "dataset": {"name": dataset, "content_hash": "abc123",
+                                    "counts": {"users": n_users, "items": n_items},
+                                    "coverage": {"image": 1.0, "text": 1.0}, "findings": []},
+                        "split": {"kind": "loo", "checksum": "def456", "test_cases": n_users},
+                        "config_hash": f"cfg{m_i}{seed}",
+                        "config": {"model": model, "params": {"hidden_size": 8}, "seed": seed,
+                                   "evaluation": {"mode": "full", "ks": [5, 10, 20]}},
+                        "seed": seed, "wall_seconds": 1.5, "mlflow_run_id": f"run{m_i}{seed}",
+                        "tracking_uri": "sqlite:///mlflow.db"}
+                history = [{"epoch": e, "train_loss": 5 - 0.5 * e + 0.1 * seed,
+                            "valid_ndcg@10": 0.1 + 0.02 * e + 0.01 * m_i} for e in range(5)]
+                train = {} if model == "mostpop" else {"best_epoch": 4, "epochs": 5,
+                                                       "history": history}
+                (run_dir / "result.json").write_text(json.dumps(
+                    {"config_hash": card["config_hash"], "row": row, "provenance": card,
+                     "train": train}))
+                rows.append(row)
+    (suite_dir / "summary.json").write_text(json.dumps({"suite": suite, "rows": rows}))
+    if extras:
+        (suite_dir / "robustness.json").write_text(json.dumps({"rows": [
+            {"dataset": datasets[0], "model": m, "seed": s, "perturbation": p, "rate": r,
+             "metrics": {"ndcg@10": 0.3 - 0.2 * r + 0.01 * i + 0.002 * s}}
+            for i, m in enumerate(models) for s in seeds
+            for p in ("missing_image", "missing_text") for r in (0.0, 0.25, 0.5, 1.0)]}))
+        (suite_dir / "diagnostics.json").write_text(json.dumps({"step": "epoch", "models": {
+            m: {"dataset": datasets[0], "status": "pass" if i else "fail",
+                "verdict": "uses both modalities" if i else "collapsed onto text",
+                "metrics": {"image_share": 0.1 + 0.1 * i},
+                "series": {"grad_norm_image": [1.0, 0.5, 0.2], "grad_norm_text": [1.0, 1.1, 1.2]}}
+            for i, m in enumerate(models)}}))
+        sweep_dir = root / f"{suite}-sweep"
+        sweep_dir.mkdir()
+        (sweep_dir / "sweep.json").write_text(json.dumps({"studies": [
+            {"model": m, "dataset": datasets[0], "direction": "maximize",
+             "trials": [{"number": t, "value": 0.1 + 0.01 * ((t * 7) % 5), "state": "COMPLETE",
+                         "params": {"lr": 0.001 * (t + 1)}} for t in range(6)]
+             + [{"number": 6, "value": None, "state": "PRUNED", "params": {"lr": 0.1}}],
+             "best_params": {"lr": 0.005}, "best_value": 0.14} for m in models[:2]]}))
+    return suite_dir
+
+
+@pytest.fixture(scope="module")
+def suite6(tmp_path_factory) -> tuple[Path, Path, float]:
+    """6 models x 3 seeds on a 1,500-user dataset, rendered once; timed in CPU seconds of this
+    process (wall time on a shared, loaded machine would measure the neighbours)."""
+    root = tmp_path_factory.mktemp("results")
+    suite_dir = write_fake_results(root, "six", ("sasrec", "mostpop", "good", "twin", "m5", "m6"),
+                                   n_users=1500, n_items=500)
+    out = tmp_path_factory.mktemp("reports")
+    start = time.process_time()
+    render_report(suite_dir, root, out)
+    return suite_dir, out / "six", time.process_time() - start
+
+
+# -- significance --------------------------------------------------------------------------------
+
+def test_paired_ttest_hand_checked_and_equal_to_scipy():
+    a = np.array([3.0, 5.0, 7.0, 9.0, 11.0])
+    b = np.array([2.0, 3.0, 4.0, 5.0, 6.0])  # differences 1..5: mean 3, sd sqrt(2.5)
+    t, p = sig.paired_ttest(a, b)
+    assert t == pytest.approx(3 / (math.sqrt(2.5) / math.sqrt(5)))
+    assert p == pytest.approx(2 * stats.t.sf(t, df=4))
+    ref = stats.ttest_rel(a, b)
+    assert (t, p) == pytest.approx((ref.statistic, ref.pvalue), rel=1e-12)
+    assert sig.paired_ttest(a, a) == (0.0, 1.0)
+    assert sig.paired_ttest(a + 1, a) == (math.inf, 0.0)
+
+
+def test_bootstrap_covers_true_difference_and_is_seeded():
+    rng = np.random.default_rng(0)
+    b = rng.random(2000)
+    noise = rng.normal(0, 0.3, 1000)
+    a = b + 0.1 + np.concatenate([noise, -noise])  # the sample mean difference is exactly 0.1
+    mean, low, high = sig.paired_bootstrap(a, b, seed=7)
+    assert mean == pytest.approx(0.1)
+    assert low < 0.1 < high and low > 0
+    se = np.std(a - b, ddof=1) / math.sqrt(len(a))
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.1)
+    assert sig.paired_bootstrap(a, b, seed=7) == (mean, low, high)
+    assert sig.paired_bootstrap(a, b, seed=8) != (mean, low, high)
+
+
+def test_permutation_test_exact_and_monte_carlo():
+    # Differences 1, 2, 3: the 8 sign flips give |sum| = 6, 4, 2, 0, 0, 2, 4, 6; 2 reach 6.
+    assert sig.permutation_test([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]) == pytest.approx(2 / 8)
+    assert sig.permutation_test([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    rng = np.random.default_rng(1)
+    b = rng.random(500)
+    assert sig.permutation_test(b + 0.2, b, n_resamples=2000) == pytest.approx(1 / 2001)
+    a = b + rng.normal(0, 0.1, 500)
+    a -= (a - b).mean()  # no effect at all
+    null = sig.permutation_test(a, b, n_resamples=2000, seed=3)
+    assert null > 0.9
+    assert null == sig.permutation_test(a, b, n_resamples=2000, seed=3)
+
+
+def test_holm_on_known_vector():
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max.
+    adjusted = sig.holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(sig.holm([np.nan, 0.01, 0.02]), [np.nan, 0.02, 0.02])
+    np.testing.assert_allclose(sig.holm([0.5, 0.9]), [1.0, 1.0])
+    assert sig.holm([]).shape == (0,)
+
+
+def test_cohens_dz_and_compare():
+    a, b = np.array([3.0, 5.0, 7.0, 9.0, 11.0]), np.array([2.0, 3.0, 4.0, 5.0, 6.0])
+    assert sig.cohens_dz(a, b) == pytest.approx(3 / math.sqrt(2.5))
+    c = sig.correct([sig.compare("d", "m", "ref", a, b, n_resamples=1000)])[0]
+    assert c.n == 5 and c.diff == pytest.approx(3.0)
+    assert c.p_t_holm == pytest.approx(c.p_t) and c.p_perm == pytest.approx(2 / 32)
+
+
+def test_per_user_vectors_align_seeds_and_case_order():
+    users, values = per_user(np.array([5, 3, 5]), np.array([0, 1, 9]), "hr@5")
+    assert users.tolist() == [3, 5] and values.tolist() == [1.0, 0.5]  # user 5: mean of 1 and 0
+    with pytest.raises(Exception, match="unknown metric"):
+        per_user(users, values, "auc")
+
+
+def test_seed_average_matches_summary(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "twin"), extras=False)
+    res = load_results(suite_dir)
+    users, values = seed_averaged(res.runs_of("synthetic", "sasrec"), "ndcg@10")
+    assert users.tolist() == list(range(1, 301))
+    mean_over_seeds = np.mean([r.row["test"]["ndcg@10"] for r in res.runs_of("synthetic",
+                                                                                "sasrec")])
+    assert values.mean() == pytest.approx(mean_over_seeds)
+    twin = seed_averaged(res.runs_of("synthetic", "twin"), "ndcg@10")
+    np.testing.assert_array_equal(twin[1], values)  # stored in another case order
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def test_report_is_fast_and_byte_identical_when_rerendered(suite6, tmp_path):
+    suite_dir, report, cpu_seconds = suite6
+    assert cpu_seconds < 60
+    render_report(suite_dir, suite_dir.parent, tmp_path)
+    first = sorted(p.relative_to(report) for p in report.rglob("*") if p.is_file())
+    second = sorted(p.relative_to(tmp_path / "six") for p in (tmp_path / "six").rglob("*")
+                    if p.is_file())
+    assert first == second and len(first) >= 9
+    for rel in first:
+        assert (report / rel).read_bytes() == (tmp_path / "six" / rel).read_bytes(), rel
+
+
+def test_report_sections(suite6):
+    _, report, _ = suite6
+    page = (report / "report.html").read_text()
+    for table in ("main-synthetic", "significance", "signals-synthetic",
+                  "robustness-synthetic-missing-image", "diagnostics", "sweeps"):
+        assert f'<table id="{table}">' in page, table
+    for figure in ("main", "significance", "signals-synthetic", "robustness", "diagnostics",
+                   "training", "sweeps"):
+        assert f'<figure id="fig-{figure}"><img' in page, figure
+    assert "Not run for this suite" not in page
+    assert page.count("<details>") == 18  # one provenance card per result
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    md = (report / "report.md").read_text()
+    assert "**0." in md and "(figures/significance.png)" in md and md.count("<details>") == 18
+    tex = (report / "tables.tex").read_text()
+    assert tex.count("\\toprule") == 7 and "\\textbf{" in tex and "$\\pm$" in tex
+    assert (report / "figures" / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert '<table id="provenance">' in page and "\\label{tab:provenance}" not in tex
+
+
+def test_report_tables_bold_best_and_verdicts(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop", "good", "twin"))
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=2000))
+    tables = {t.label: t for t in doc.tables()}
+    main_rows = {r[0].text: r for r in tables["main-synthetic"].rows}
+    assert all(c.bold for c in main_rows["good"][2:])  # the far better model is best everywhere
+    assert not any(c.bold for c in main_rows["sasrec"][2:])
+    sig_rows = {r[1].text: r for r in tables["significance"].rows}
+    assert set(sig_rows) == {"mostpop", "good", "twin"}  # the reference: the first model
+    assert sig_rows["good"][-1].text == "better (significant)"
+    assert sig_rows["twin"][-1].text == "no significant difference"
+    assert sig_rows["twin"][5].text.startswith("+0.0000 [+0.0000, +0.0000]")
+    signal_rows = {r[0].text: r for r in tables["signals-synthetic"].rows}
+    assert tables["signals-synthetic"].header[1].startswith("visual warm (n=")
+    assert all(c.bold for c in signal_rows["good"][1:])
+
+
+def test_missing_optional_inputs_say_how_to_produce_them(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("mostpop",), seeds=(0,), extras=False)
+    (suite_dir / "runs" / "synthetic" / "mostpop" / "seed-0" / "result.json").unlink()
+    doc = build_document(load_results(suite_dir), ReportOptions())
+    text = {s.id: " ".join(b for b in s.blocks if isinstance(b, str)) for s in doc.sections}
+    assert "run `bench robustness --suite fake`" in text["robustness"]
+    assert "run `bench diagnose --suite fake`" in text["diagnostics"]
+    assert "run `bench sweep --suite fake`" in text["sweeps"]
+    assert "single model" in text["significance"]
+
+
+def test_sweep_trials_from_csv_as_bench_sweep_writes_them(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec",), seeds=(0,), extras=False)
+    sweep = tmp_path / "fake-sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"objective": "valid ndcg@10", "studies": [
+        {"name": "s1", "dataset": "synthetic", "model": "sasrec", "best_value": 0.3,
+         "best_params": {"learning_rate": 0.00123456, "hidden_size": 64},
+         "states": {"COMPLETE": 2, "PRUNED": 1}, "importances": {"learning_rate": 0.8,
+                                                                 "hidden_size": 0.2}}]}))
+    (sweep / "trials.csv").write_text(
+        "number,value,state,params_hidden_size,params_learning_rate,study,dataset,model\n"
+        "0,0.2,COMPLETE,32,0.01,s1,synthetic,sasrec\n1,,PRUNED,64,0.1,s1,synthetic,sasrec\n"
+        "2,0.3,COMPLETE,64,0.00123456,s1,synthetic,sasrec\n9,0.9,COMPLETE,8,0.1,other,x,y\n")
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=100))
+    row = next(t for t in doc.tables() if t.label == "sweeps").rows[0]
+    assert [c.text for c in row] == ["sasrec", "synthetic", "valid ndcg@10", "3", "2", "0.3000",
+                                     "hidden_size=64, learning_rate=0.001235",
+                                     "learning_rate 0.80, hidden_size 0.20"]
+    assert any(f.name == "sweeps" for f in doc.figures())
+
+
+def test_cli_report_and_user_errors(tmp_path, capsys):
+    write_fake_results(tmp_path / "r", models=("sasrec", "good"), seeds=(0, 1),
+                       datasets=("synthetic", "beauty"), extras=False)
+    out = tmp_path / "out"
+    assert main(["report", "fake", "--results-dir", str(tmp_path / "r"), "--out", str(out),
+                 "--reference", "good", "--metric", "hr@10"]) == 0
+    assert "report rendered in" in capsys.readouterr().out
+    page = (out / "fake" / "report.html").read_text()
+    assert "Reference model: <code>good</code>; significance metric: HR@10" in page
+    assert f"--results-dir {tmp_path / 'r'}" in page  # the command that regenerates it
+    assert "Holm correction across all 2 comparisons" in page
+    assert '<table id="main-beauty">' in page and '<table id="signals-beauty">' in page
+    for argv, message in ((["nosuch"], "no results for 'nosuch'"),
+                          (["fake", "--metric", "auc"], "unknown metric 'auc'"),
+                          (["fake", "--metric", "ndcg@50"], "not in the stored results"),
+                          (["fake", "--reference", "nosuch"], "reference model 'nosuch'")):
+        rc = main(["report", *argv, "--results-dir", str(tmp_path / "r"), "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
+                                               "chromium); CI installs it in .ci/run")
+def test_html_renders_in_headless_chromium(suite6, tmp_path):
+    from PIL import Image
+
+    _, report, _ = suite6
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--window-size=1400,3000"]
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}",
+                    (report / "report.html").as_uri()], capture_output=True, timeout=120,
+                   check=True)
+    image = Image.open(shot).convert("L")
+    assert image.size == (1400, 3000)
+    assert np.asarray(image).std() > 10  # not a blank page
+    # The DOM after load: a copy of the page reports what the browser parsed and decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text((report / "report.html").read_text().replace("</body>", (
+        "<script>window.addEventListener('load', () => { const d = document.createElement('div');"
+        "d.id = 'probe'; d.textContent = JSON.stringify({tables: [...document.querySelectorAll("
+        "'table[id]')].map(t => t.id + ':' + t.rows.length), images: [...document.images].map("
+        "i => i.naturalWidth)}); document.body.appendChild(d); });</script></body>")))
+    dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom",
+                          "--virtual-time-budget=5000", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    found = json.loads(dom.split('<div id="probe">')[1].split("</div>")[0]
+                       .replace("&quot;", '"'))
+    tables = dict(t.rsplit(":", 1) for t in found["tables"])
+    for table in ("main-synthetic", "significance", "signals-synthetic", "diagnostics", "sweeps"):
+        assert int(tables[table]) > 1, table
+    assert len(found["images"]) == 7 and min(found["images"]) > 100
