@@ -22,6 +22,13 @@ def _ints(value: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}")
 
 
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}")
+
+
 def _key_values(pairs: list[str] | None) -> dict:
     """``key=value`` pairs; values parsed as YAML scalars (numbers, booleans, strings)."""
     import yaml
@@ -237,6 +244,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from .robustness import NAMES, degradation_table, run_robustness
+
+    suite = _suite_from_args(args)
+    chosen = [n for n in NAMES if getattr(args, n)]
+    if not chosen:
+        raise ConfigError("choose at least one perturbation, e.g. --drop-image")
+    out = run_robustness(suite, chosen, args.rates, _options(args), seed=args.perturbation_seed)
+    print(f"\nrobustness {suite.name}: {len(out['rows'])} rows in {out['path']}")
+    for s in out["skipped"]:
+        print(f"  skipped {s['model']} / {s['perturbation']}: {s['reason']}")
+    print(degradation_table(out["rows"]))
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnostics import run_diagnostics
+
+    if args.target:
+        args.suite = args.target
+    suite = _suite_from_args(args)
+    out = run_diagnostics(suite, _options(args), threshold=args.threshold)
+    print(f"\ndiagnostics {suite.name}: {out['path']}")
+    for e in out["models"]:
+        print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: [{e['status']}] {e['verdict']}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 def _suite_arguments(r: argparse.ArgumentParser) -> None:
@@ -289,6 +324,31 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials-only", action="store_true",
                     help="only run trials (an extra machine); no final seeded runs")
     sw.set_defaults(func=cmd_sweep)
+
+    rb = sub.add_parser("robustness", help="evaluate a suite's trained models under test-time "
+                        "content perturbations at several rates (runs the suite first if needed)")
+    _suite_arguments(rb)
+    for flag, text in (("drop-image", "remove images"), ("drop-text", "remove texts"),
+                       ("image-noise", "Gaussian pixel noise"), ("image-blur", "Gaussian blur"),
+                       ("image-jpeg", "JPEG quality 5"),
+                       ("modality-swap", "another item's image"),
+                       ("word-dropout", "drop words"), ("word-shuffle", "shuffle words"),
+                       ("typos", "character typos")):
+        rb.add_argument(f"--{flag}", action="store_true", help=f"{text} of a share of items")
+    rb.add_argument("--rates", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                    help="comma-separated shares of items perturbed (default: 0,0.25,0.5,0.75,1)")
+    rb.add_argument("--perturbation-seed", type=int, default=0,
+                    help="seed choosing the perturbed items (the same for every model)")
+    rb.set_defaults(func=cmd_robustness)
+
+    dg = sub.add_parser("diagnose", help="modality-dropout test, topology agreement, embedding "
+                        "health and a collapse verdict per model; writes diagnostics.json")
+    dg.add_argument("target", nargs="?", help="suite name or YAML path (same as --suite)")
+    _suite_arguments(dg)
+    dg.add_argument("--threshold", type=float, default=0.10,
+                    help="a modality contributing under this share of the accuracy is "
+                         "collapsed (default: 0.10)")
+    dg.set_defaults(func=cmd_diagnose)
 
     ls = sub.add_parser("list", help="list models, datasets or suites")
     ls.add_argument("what", choices=["models", "datasets", "suites"])

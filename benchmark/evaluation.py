@@ -95,6 +95,21 @@ class Evaluator:
         return (torch.from_numpy(cases.user[start:end].copy()), torch.from_numpy(seq),
                 torch.from_numpy(lens))
 
+    def history(self, cases: Cases, start: int, end: int):
+        """The whole history of each case (not only the model's last ``max_len`` inputs), right
+        padded: these items are excluded from the ranking (none if ``exclude_history`` is off)."""
+        import torch
+
+        users, pos = cases.user[start:end], cases.pos[start:end]
+        width = int(pos.max()) if self.exclude_history and len(pos) else 0
+        hist = np.zeros((len(users), max(width, 1)), dtype=np.int64)
+        lens = np.zeros(len(users), dtype=np.int64)
+        if width:
+            for j, (u, p) in enumerate(zip(users, pos)):
+                hist[j, :p] = self.split.sequences[u][:p]
+                lens[j] = p
+        return torch.from_numpy(hist), torch.from_numpy(lens)
+
     def sampled_candidates(self, which: str) -> np.ndarray:
         """(cases, N) negatives per case, fixed by ``candidate_seed`` and shared by all models."""
         if which in self._candidates:
@@ -148,9 +163,8 @@ class Evaluator:
             if cand is not None:
                 ranks[start:end] = rank_among(scores, targets, torch.from_numpy(cand[start:end]))
             else:
-                if not self.exclude_history:
-                    lens = torch.zeros_like(lens)
-                ranks[start:end] = rank_full(scores, targets, seq, lens)
+                hist, hist_lens = self.history(cases, start, end)
+                ranks[start:end] = rank_full(scores, targets, hist, hist_lens)
         res = EvalResult(which, cases.user.copy(), ranks, mean_metrics(ranks, self.ks))
         self._add_groups(res, cases)
         return res

@@ -65,6 +65,8 @@ def recbole_config(model_cls, dataset_root: str | Path, name: str, params: dict,
         "show_progress": False,
         "state": "WARNING",
         "use_gpu": params.get("device", "cpu") != "cpu",
+        # RecBole sets CUDA_VISIBLE_DEVICES to gpu_id: under torchrun each rank keeps its own GPU.
+        "gpu_id": os.environ.get("LOCAL_RANK", "0"),
         "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
         "USER_ID_FIELD": "user_id",
         "ITEM_ID_FIELD": "item_id",

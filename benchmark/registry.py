@@ -227,7 +227,7 @@ register_model(ModelSpec(
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
                  "MAX_ITEM_LIST_LENGTH": 10, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "embedding_dropout_prob": 0.1, "batch_size": 512,
-                 "pretrain_epochs": 1},
+                 "pretrain_epochs": 1, "pretrain_max_tokens": 1024},
         "paper": {"hidden_size": 512, "n_heads": 8, "inner_size": 1024, "n_layers": 2,
                   "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5,
                   "embedding_dropout_prob": 0.2, "temperature": 0.05, "mask_ratio": 0.2,

@@ -63,9 +63,11 @@ def prepare_dataset(entry: DatasetEntry, suite: Suite, opts: Options) -> Prepare
 
 
 def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
-                split=None, cache_dir: Path | None = None, progress: bool = False):
+                split=None, cache_dir: Path | None = None, progress: bool = False,
+                perturbation: dict | None = None):
     """Instantiate a registered model on a dataset (a RecBole model gets a RecBole Config and
-    the cached content features it declares)."""
+    the cached content features it declares, computed from inputs under ``perturbation``, a
+    spec of :mod:`benchmark.encoders.inputs`, when one is given)."""
     from .recbole_compat import DatasetView, recbole_config
     from .training import seed_everything
 
@@ -75,7 +77,8 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
 
         requests = {modality: params[param] for modality, param in spec.features.items()}
         features = prepare_features(data, split, requests, cache_dir or default_cache_dir(),
-                                    device=device, progress=progress, seed=seed)
+                                    device=device, progress=progress, seed=seed,
+                                    perturbation=perturbation)
     cls = spec.load()
     config = recbole_config(cls, data.root, data.name,
                             {**params, "seed": seed, "device": device,

@@ -508,11 +508,8 @@ def work(job: WorkerJob) -> int:
                                   pruner=make_pruner(job.settings.pruner))
         while (trial := reserve_trial(study, storage, job.settings.n_trials,
                                       job.settings.sampler)) is not None:
-            import time as _t; print("trial end", _t.time(), file=sys.stderr, flush=True)
             run_trial(job, ref, preps[ref.dataset], study, storage, trial, tracker)
-            print("trial end", _t.time(), file=sys.stderr, flush=True)
             ran += 1
-        import time as _t; print("study end", _t.time(), file=sys.stderr, flush=True)
     return ran
 
 
@@ -530,7 +527,6 @@ def _worker_entry(job: WorkerJob) -> None:
         code = 130
     # Every result is committed by now: skip the interpreter's teardown, which spends seconds
     # in native destructors (torch, RecBole) before the process ends.
-    import time as _t; print("exiting", _t.time(), file=sys.stderr, flush=True)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -548,7 +544,6 @@ def _spawn(job: WorkerJob) -> None:
     try:
         for p in procs:
             p.join()
-            import time as _t; print("joined", _t.time(), file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # the workers got the same SIGINT: let them record their trials
         for p in procs:
             p.join(timeout=60)

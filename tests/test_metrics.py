@@ -111,3 +111,22 @@ def test_sampled_candidates_fixed_and_exclude_history(tiny_dataset):
         seen = set(split.sequences[u][:p + 1].tolist())
         assert not seen & set(ca[j].tolist())
         assert len(set(ca[j].tolist())) == 10 and 0 not in ca[j]
+
+
+def test_whole_history_is_excluded_not_only_the_model_inputs(tmp_path):
+    from benchmark.data.dataset import load_dataset, write_dataset
+    from benchmark.evaluation import Evaluator
+    from benchmark.split import make_split
+
+    rows = [("u", f"i{k}", k) for k in range(8)] + [("v", f"i{k}", k) for k in (7, 6, 5)]
+    data = load_dataset(write_dataset(tmp_path / "h", "h", rows, []))
+    split = make_split(data)
+    ev = Evaluator(split, data.n_items, max_len=2)  # the model sees only the last 2 items
+
+    def first_items_on_top(users, seq, lens):  # i0 best, i1 next, ...
+        return -torch.arange(data.n_items, dtype=torch.float32).repeat(len(users), 1)
+
+    res = ev.evaluate(first_items_on_top, "test")
+    u = list(data.user_tokens).index("u")
+    # user u's test target i7 follows i0..i6: all seven are excluded, so i7 ranks first
+    assert res.ranks[list(res.users).index(u)] == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -273,8 +274,11 @@ def test_ddp_two_cpu_processes_end_with_identical_adapters(world, tmp_path):
     script.write_text(DDP_SCRIPT.format(SMALL=repr({**SMALL, "epochs": 1})))
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", str(script), str(data.root), str(cache),
+                           "--master_port", port, str(script), str(data.root), str(cache),
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,7 +9,12 @@ encodes one joint prompt. A missing modality is a missing branch: it is never fe
 
 Each branch of a batch is one forward pass (all its prompts padded together). LoRA (peft) sits on
 the attention and MLP projections of the language model only; ``lora=None`` leaves the whole
-backbone frozen (a raw VLM embedder) and ``trainable_parameters()`` is then empty.
+backbone frozen (a raw VLM embedder) and ``trainable_parameters()`` is then empty. Since the vision
+tower is always frozen, its output for each image is computed once and cached (LRU by path).
+Prompt templates live in ``prompts.py``.
+
+Tiny models run far faster with ``torch.set_num_threads(1)`` on a busy 2-core machine (OpenMP
+spinning made them ~15x slower with 2 threads while other processes were running).
 """
 
 from __future__ import annotations
@@ -274,6 +279,21 @@ _FAMILIES: dict[str, type[_Family]] = {
 
 class VLMEmbedder(nn.Module):
     """Last-token VLM embedder with external (sum) or internal (joint prompt) fusion.
+
+    Args:
+        model: hub name or local folder of a Qwen2-VL, Qwen2.5-VL, SmolVLM or Idefics3 checkpoint.
+        fusion: "external" (separate text / image prompts, summed) or "internal" (one prompt).
+        lora: peft LoRA settings merged over ``DEFAULT_LORA`` (r, alpha, dropout, targets: "auto",
+            a comma string or a list of Linear names in the language model); None: frozen.
+        history_len: a user prompt holds the last ``history_len`` items of the history.
+        max_text_tokens: each item text is cut to this many tokens.
+        image_size: Qwen family: images become squares of side ``image_size`` rounded to a
+            multiple of patch * merge (28 px for real checkpoints); SmolVLM / Idefics3 use the
+            vision encoder's native size (its connector requires it) and ignore this.
+        dtype: "float32", "bfloat16" or "float16" weights (LoRA weights stay float32).
+        gradient_checkpointing: non-reentrant activation checkpointing in train mode.
+        trust_remote_code: passed to every ``from_pretrained``; False unless asked.
+        image_cache_mb: budget of the per-image vision-output cache (on the model's device).
 
     The module starts in eval mode; call ``.train()`` for LoRA training (dropout, gradient
     checkpointing). No gradient context is imposed: wrap inference in ``torch.no_grad()``.
@@ -569,7 +589,10 @@ class VLMEmbedder(nn.Module):
         inputs = fam.model_inputs(ids, mask, flat)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         out = self._core(**inputs, use_cache=False, return_dict=True)
-        return F.normalize(out.last_hidden_state[:, -1].float(), dim=-1)
+        last = out.last_hidden_state[:, -1].float()
+        if not bool(torch.isfinite(last).all()):  # e.g. an attention kernel and padded rows
+            raise FloatingPointError("non-finite VLM embedding (check dtype / attention kernel)")
+        return F.normalize(last, dim=-1)
 
     def _branch(self, n: int, rows: list[int], bodies: list[str], payloads: list[list[Any]]):
         """(n, d) with the embedded prompts at ``rows`` and zeros elsewhere, plus the mask."""

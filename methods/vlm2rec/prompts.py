@@ -34,18 +34,17 @@ ITEM_JOINT_TEXT_PART = "Item: {text}"
 USER_JOINT = "A user interacted with these items, oldest first:\n{lines}\n" + USER_INSTRUCTION
 USER_JOINT_LINE = "{index}. {parts}"
 
-#: Chat wrappers per prompt family; ``{body}`` is one of the bodies above.
+#: Chat wrappers per prompt family ("qwen": Qwen2-VL / Qwen2.5-VL; "idefics3": SmolVLM /
+#: Idefics3); ``{body}`` is one of the bodies above.
 CHAT: dict[str, str] = {
     "qwen": "<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n",
     "idefics3": "<|im_start|>User:{body}<end_of_utterance>\nAssistant:",
-    "llava": "USER: {body} ASSISTANT:",
 }
 
 #: How one image is written inside a body, per prompt family (expanded later by the embedder).
 IMAGE_SLOT: dict[str, str] = {
     "qwen": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
-    "llava": "<image>",
 }
 
 
@@ -65,7 +64,8 @@ def item_image(slot: str) -> str:
 
 
 def user_text(texts: Sequence[str]) -> str:
-    """Body for a user's text branch: the history items' texts in order."""
+    """Body for a user's text branch: the history items' texts in order (items without text
+    are left out by the caller)."""
     lines = [USER_TEXT_LINE.format(index=k + 1, text=t) for k, t in enumerate(texts)]
     return USER_TEXT.format(lines="\n".join(lines))
 

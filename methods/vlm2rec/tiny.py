@@ -40,9 +40,10 @@ _SMOLVLM_SPECIALS = [
     "<image>",
 ]
 
-# Text-model sizes: tiny ~0.25 M parameters in all; small ~14 M (environment.md's throughput model).
+# tiny: 0.1-0.3 M parameters in all (the BPE vocabulary grows with the texts, up to ``vocab``);
+# small: ~14 M, environment.md's throughput model (hidden 512, 4 layers, 224 px images).
 _TEXT = {
-    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 128, "vocab": 1000},
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 128, "vocab": 2000},
     "small": {"hidden": 512, "layers": 4, "heads": 8, "kv_heads": 4, "inter": 1376, "vocab": 4000},
 }
 _VISION = {
@@ -258,8 +259,9 @@ def build_tiny_checkpoint(
         )
     from transformers import AutoModelForImageTextToText
 
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     image_processor.save_pretrained(out_dir)

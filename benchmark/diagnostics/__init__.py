@@ -1,0 +1,199 @@
+"""Modality diagnostics: dropout test, contribution, cross-modal topology, embedding health,
+and a collapse verdict per trained model.
+
+- **Modality-dropout test**: test accuracy with every image removed, every text removed, and
+  both present (the robustness evaluations ``drop_image@1``, ``drop_text@1`` and rate 0).
+- **Contribution** of a modality: the share of the clean accuracy lost without it,
+  ``max(0, (clean - without) / clean)``.
+- **Verdict** (:func:`collapse_verdict`): with threshold ``X`` (default 10%), a model whose
+  image contributes under X% while its text contributes at least X% has *collapsed onto text*
+  (and symmetrically onto image); both at least X%: *uses both*; neither: *reads no content*
+  (status pass for a model that declares no content modality, warn otherwise). A collapse is
+  ``fail`` for a model given both modalities and ``warn`` for one given a single modality by
+  design.
+- **Topology agreement** of the image and text item features a model reads: linear CKA
+  (Kornblith et al. 2019) and the symmetric KL of relational distributions (the CRTR loss of
+  :mod:`methods.vlm2rec.losses`).
+- **Embedding health** of each feature table: effective rank (Roy & Vetterli 2007), and the
+  alignment and uniformity of Wang & Isola (2020).
+
+Per-modality gradient norms and unimodal retrieval over training are VLM2Rec's (its
+``grad_probe_every``); TODO: copy its recorded series into ``series`` when its runs store them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from ..io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.10
+METRIC = "ndcg@10"
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA between two representations of the same n items (rows)."""
+    x = np.asarray(x, dtype=np.float64) - np.asarray(x, dtype=np.float64).mean(0)
+    y = np.asarray(y, dtype=np.float64) - np.asarray(y, dtype=np.float64).mean(0)
+    cross = np.linalg.norm(x.T @ y, "fro") ** 2
+    den = np.linalg.norm(x.T @ x, "fro") * np.linalg.norm(y.T @ y, "fro")
+    return float(cross / den) if den > 0 else 0.0
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """exp(entropy of the normalised singular values) (Roy & Vetterli 2007)."""
+    s = np.linalg.svd(np.asarray(x, dtype=np.float64), compute_uv=False)
+    s = s[s > 1e-12]
+    if len(s) == 0:
+        return 0.0
+    p = s / s.sum()
+    return float(math.exp(-(p * np.log(p)).sum()))
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def alignment(x: np.ndarray, y: np.ndarray, alpha: float = 2.0) -> float:
+    """Wang & Isola's alignment: mean ||f(x) - f(y)||^alpha over positive pairs (rows)."""
+    return float((np.linalg.norm(_normalise(x) - _normalise(y), axis=1) ** alpha).mean())
+
+
+def uniformity(x: np.ndarray, t: float = 2.0) -> float:
+    """Wang & Isola's uniformity: log mean exp(-t ||f(a) - f(b)||^2) over distinct pairs."""
+    z = _normalise(x)
+    n = len(z)
+    if n < 2:
+        return 0.0
+    sq = np.maximum(2.0 - 2.0 * (z @ z.T), 0.0)[~np.eye(n, dtype=bool)]
+    m = (-t * sq).max()
+    return float(m + math.log(np.exp(-t * sq - m).mean()))
+
+
+def relational_kl(x: np.ndarray, y: np.ndarray, tau: float = 0.1) -> float:
+    """Symmetric KL of the two modalities' relational distributions (VLM2Rec's CRTR)."""
+    import torch
+
+    from methods.vlm2rec.losses import crtr
+
+    return float(crtr(torch.as_tensor(np.asarray(x, dtype=np.float32)),
+                      torch.as_tensor(np.asarray(y, dtype=np.float32)), tau))
+
+
+def contribution(clean: float, without: float) -> float:
+    """Share of the clean accuracy lost when a modality is removed (0 when nothing to lose)."""
+    return max(0.0, (clean - without) / clean) if clean > 1e-12 else 0.0
+
+
+def collapse_verdict(clean: float, no_image: float, no_text: float,
+                     declared: tuple[str, ...] | None = None,
+                     threshold: float = THRESHOLD) -> tuple[str, str, dict]:
+    """(verdict, status, metrics) from the modality-dropout test (see the module docstring).
+    ``declared``: the content modalities the model is given (None: image and text)."""
+    declared = ("image", "text") if declared is None else tuple(
+        m for m in declared if m in ("image", "text"))
+    c_img, c_txt = contribution(clean, no_image), contribution(clean, no_text)
+    metrics = {"clean": clean, "no_image": no_image, "no_text": no_text,
+               "image_contribution": c_img, "text_contribution": c_txt}
+    pct = f"{threshold:.0%}"
+    if c_img >= threshold and c_txt >= threshold:
+        return (f"uses both modalities (image {c_img:.0%}, text {c_txt:.0%} of the accuracy)",
+                "pass", metrics)
+    for kept, lost, c_lost in (("text", "image", c_img), ("image", "text", c_txt)):
+        other = c_txt if kept == "text" else c_img
+        if c_lost < threshold <= other:
+            status = "fail" if lost in declared else "warn"
+            verdict = (f"collapsed onto {kept}: {lost} contributes {c_lost:.0%} of the "
+                       f"accuracy (under {pct})")
+            return verdict, status, metrics
+    if not declared:
+        return "reads no content: neither modality contributes", "pass", metrics
+    verdict = (f"content ignored: neither image ({c_img:.0%}) nor text ({c_txt:.0%}) "
+               f"contributes {pct}")
+    return verdict, "warn", metrics
+
+
+def feature_diagnostics(features: dict, max_items: int = 2000) -> dict[str, float]:
+    """Topology agreement and health of a model's image and text feature tables."""
+    out: dict[str, float] = {}
+    tables = {m: f for m, f in features.items() if m in ("image", "text")}
+    for m, f in tables.items():
+        x = f.values[f.present][:max_items]
+        if len(x) >= 2:
+            out[f"{m}_effective_rank"] = effective_rank(x)
+            out[f"{m}_uniformity"] = uniformity(x)
+    if len(tables) == 2:
+        both = tables["image"].present & tables["text"].present
+        xi = tables["image"].values[both][:max_items]
+        xt = tables["text"].values[both][:max_items]
+        if len(xi) >= 3:
+            out["cka_image_text"] = linear_cka(xi, xt)
+            out["relational_kl_image_text"] = relational_kl(xt, xi)
+            if xi.shape[1] == xt.shape[1]:
+                out["alignment_image_text"] = alignment(xi, xt)
+    return out
+
+
+def _lookup(rows: list[dict], key: tuple, perturbation: str, rate: float,
+            metric: str) -> float | None:
+    hits = [r["metrics"][metric] for r in rows
+            if (r.get("dataset"), r["model"], r.get("seed")) == key
+            and r["perturbation"] == perturbation and float(r["rate"]) == rate]
+    return hits[-1] if hits else None
+
+
+def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
+    """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts and the
+    feature diagnostics of every run of a suite; writes ``<suite>/diagnostics.json``."""
+    from ..encoders import prepare_features
+    from ..registry import get_model_spec
+    from ..robustness import run_robustness
+    from ..runner import default_cache_dir, prepare_dataset
+
+    out = run_robustness(suite, ["drop_image", "drop_text"], [0.0, 1.0], opts)
+    rows = out["rows"]
+    entries = []
+    for entry in suite.datasets:
+        prep = None
+        for model_name in suite.models:
+            mspec = get_model_spec(model_name)
+            feats: dict[str, float] | None = None
+            for seed in suite.seeds:
+                key = (entry.label, model_name, seed)
+                clean, no_img, no_txt = (_lookup(rows, key, "drop_image", 0.0, metric),
+                                         _lookup(rows, key, "drop_image", 1.0, metric),
+                                         _lookup(rows, key, "drop_text", 1.0, metric))
+                if None in (clean, no_img, no_txt):
+                    entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
+                                    "status": "warn", "metrics": {}, "series": {},
+                                    "verdict": "not diagnosed: the model reads its content "
+                                               "itself (see robustness.json 'skipped')"})
+                    continue
+                verdict, status, metrics = collapse_verdict(clean, no_img, no_txt,
+                                                            mspec.modalities, threshold)
+                if mspec.features:
+                    if prep is None:
+                        prep = prepare_dataset(entry, suite, opts)
+                    params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
+                    request = {m: params[p] for m, p in mspec.features.items()}
+                    features = prepare_features(prep.data, prep.split, request,
+                                                opts.cache_dir or default_cache_dir(),
+                                                device=opts.device, seed=seed)
+                    feats = feature_diagnostics(features)
+                metrics = {**{f"{k}_{metric}" if k in ("clean", "no_image", "no_text") else k: v
+                              for k, v in metrics.items()}, **(feats or {})}
+                entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
+                                "status": status, "verdict": verdict, "metrics": metrics,
+                                "series": {f"test {metric} (both, no image, no text)":
+                                           [clean, no_img, no_txt]}})
+    path = opts.results_dir / suite.name / "diagnostics.json"
+    doc = {"suite": suite.name, "step": "condition", "metric": metric, "threshold": threshold,
+           "models": entries}
+    atomic_write_json(path, doc)
+    return {**doc, "path": path}

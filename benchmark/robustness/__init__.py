@@ -1,0 +1,243 @@
+"""Robustness: test-time perturbations of the item content, swept over rates.
+
+A perturbation acts on the encoder inputs (:mod:`benchmark.encoders.inputs`): the model is
+rebuilt on the same dataset with its content features computed from perturbed inputs (a new
+embedding cache key, so clean embeddings are never reused), the run's clean ``model.pt`` weights
+are loaded, and the test split is evaluated by the common :class:`~benchmark.evaluation.Evaluator`.
+The perturbed items are chosen by the perturbation seed alone, so every model sees the same ones.
+
+Layout, in ``<results>/<suite>/``::
+
+    robustness.json                                   {"rows": [...], "skipped": [...]}
+    robustness/<dataset>/<model>/seed-<s>/<perturbation>@<rate>.npz   per-case test ranks
+
+A row: ``{dataset, model, seed, perturbation, rate, metrics, spec, run_config_hash,
+mlflow_run_id}``; rate 0 is the clean evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import Suite
+from ..errors import ConfigError
+from ..io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+#: the perturbations of ``bench robustness`` (names of :data:`benchmark.encoders.inputs.PERTURBATIONS`)
+NAMES = ("drop_image", "drop_text", "image_noise", "image_blur", "image_jpeg", "modality_swap",
+         "word_dropout", "word_shuffle", "typos")
+DEFAULT_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_SEED = 0
+
+
+def perturbation_spec(name: str, rate: float, seed: int = DEFAULT_SEED) -> dict | None:
+    """The encoder-input spec of a perturbation at a rate (None at rate 0: the clean inputs)."""
+    from ..encoders.inputs import check_perturbation
+
+    spec = {"name": name, "rate": float(rate), "seed": int(seed)}
+    check_perturbation(spec)
+    return None if float(rate) == 0.0 else spec
+
+
+def unsupported(spec, name: str) -> str | None:
+    """Why a model cannot be evaluated under a perturbation, or None if it can: a model that
+    reads a perturbed modality itself instead of through declared features is refused (its
+    metrics would silently stay clean)."""
+    from ..encoders.inputs import PERTURBATIONS, target_modalities
+
+    if name not in PERTURBATIONS:
+        raise ConfigError(f"unknown perturbation {name!r}")
+    raw = [m for m in target_modalities({"name": name})
+           if m in spec.modalities and m not in spec.features]
+    if raw:
+        return (f"{spec.name} reads its {'/'.join(raw)} input itself (no declared features); "
+                "input perturbations do not reach it yet")
+    return None
+
+
+def load_weights(model, path: Path, device: str) -> None:
+    """Load a run's stored weights into a model rebuilt on perturbed features. Content tables
+    are non-persistent buffers (absent from the state dict); a model that keeps a content table
+    in its state dict names it in ``content_buffers`` and it is not overwritten."""
+    import torch
+
+    state = torch.load(path, map_location=device, weights_only=True)
+    keep = set(getattr(model, "content_buffers", ()))
+    state = {k: v for k, v in state.items() if k not in keep}
+    partial = hasattr(model, "saved_state_dict")  # stores less than its state dict (VLM2Rec)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in keep]
+    if unexpected or (missing and not partial):
+        raise ConfigError(f"{path}: stored weights do not fit the model "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dict | None,
+                       opts):
+    """Test-time evaluation of a trained run under a perturbation spec (None: clean)."""
+    from ..evaluation import Evaluator
+    from ..registry import get_model_spec
+    from ..runner import build_model
+
+    mspec = get_model_spec(model_name)
+    params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
+    run_dir = run_folder(suite, prep, model_name, seed, opts)
+    model = build_model(mspec, params, prep.data, run_dir, seed, opts.device, prep.split,
+                        opts.cache_dir, False, perturbation=spec)
+    load_weights(model, run_dir / "model.pt", opts.device)
+    ev = suite.evaluation
+    evaluator = Evaluator(prep.split, prep.data.n_items, params.get("MAX_ITEM_LIST_LENGTH", 50),
+                          mode=ev["mode"], n_negatives=ev.get("n_negatives", 100),
+                          ks=ev.get("ks", (5, 10, 20)),
+                          batch_size=params.get("eval_batch_size", 512),
+                          candidate_seed=int(ev.get("candidate_seed", 0)),
+                          case_labels=prep.labels)
+
+    def score(users, seq, lens):
+        from recbole.data.interaction import Interaction
+
+        return model.full_sort_predict(Interaction(
+            {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
+        ).to(opts.device))
+
+    model.eval()
+    return evaluator.evaluate(score, "test")
+
+
+def run_folder(suite: Suite, prep, model_name: str, seed: int, opts) -> Path:
+    return opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
+
+
+def _rate_label(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], opts,
+                   seed: int = DEFAULT_SEED) -> dict:
+    """Evaluate every (dataset, model, seed) of a suite under each perturbation and rate.
+
+    The suite is run first (resumable: completed runs are skipped). Rows already in
+    ``robustness.json`` for the same trained run and spec are kept, not recomputed.
+    """
+    from ..runner import _save_npz, prepare_dataset, run_suite
+    from ..tracking import Tracker
+
+    for name in perturbations:
+        perturbation_spec(name, 1.0, seed)
+    rates = sorted({float(r) for r in rates} | {0.0})
+    for r in rates:
+        if not 0.0 <= r <= 1.0:
+            raise ConfigError(f"rates must be in [0, 1], got {r}")
+    run_suite(suite, replace(opts, resume=True))
+    suite_dir = opts.results_dir / suite.name
+    out_path = suite_dir / "robustness.json"
+    old = read_json(out_path) if out_path.exists() else {}
+    rows: list[dict] = list(old.get("rows", []))
+    done = {_row_key(r): i for i, r in enumerate(rows)}
+    skipped: list[dict] = []
+    tracker = Tracker(opts.results_dir, experiment=f"bench-{suite.name}",
+                      uri=opts.tracking_uri or suite.tracking_uri, enabled=opts.tracking)
+    parent = tracker.start(f"{suite.name}/robustness",
+                           params={"perturbations": perturbations, "rates": rates,
+                                   "perturbation_seed": seed})
+    from ..registry import get_model_spec
+
+    try:
+        for entry in suite.datasets:
+            prep = prepare_dataset(entry, suite, opts)
+            for model_name in suite.models:
+                mspec = get_model_spec(model_name)
+                for s in suite.seeds:
+                    run_dir = run_folder(suite, prep, model_name, s, opts)
+                    run_hash = read_json(run_dir / "result.json")["config_hash"]
+                    rows = [r for r in rows if not _stale(r, entry.label, model_name, s, run_hash)]
+                    done = {_row_key(r): i for i, r in enumerate(rows)}
+                    clean = None
+                    for name in perturbations:
+                        why = unsupported(mspec, name)
+                        if why:
+                            skipped.append({"dataset": entry.label, "model": model_name,
+                                            "seed": s, "perturbation": name, "reason": why})
+                            log.warning("robustness: skip %s", why)
+                            continue
+                        for rate in rates:
+                            key = (entry.label, model_name, s, name, rate, run_hash)
+                            if key in done:
+                                continue
+                            spec = perturbation_spec(name, rate, seed)
+                            t0 = time.perf_counter()
+                            if spec is None and clean is not None:
+                                result = clean  # rate 0 is the same clean evaluation
+                            else:
+                                result = evaluate_perturbed(suite, prep, model_name, s, spec,
+                                                            opts)
+                            if spec is None:
+                                clean = result
+                            npz = (suite_dir / "robustness" / entry.label / model_name /
+                                   f"seed-{s}" / f"{name}@{_rate_label(rate)}.npz")
+                            npz.parent.mkdir(parents=True, exist_ok=True)
+                            _save_npz(npz, test_users=result.users, test_ranks=result.ranks)
+                            run_id = tracker.start(
+                                f"{entry.label}/{model_name}/seed-{s}/{name}@{rate:g}",
+                                params={"model": model_name, "dataset": entry.label, "seed": s,
+                                        "perturbation": name, "rate": rate,
+                                        "perturbation_seed": seed},
+                                parent=parent,
+                                tags={"model": model_name, "dataset": entry.label,
+                                      "suite": suite.name, "kind": "robustness"})
+                            tracker.log_metrics(run_id, {f"test_{k}": v
+                                                         for k, v in result.metrics.items()})
+                            tracker.log_files(run_id, [npz])
+                            tracker.end(run_id)
+                            row = {"dataset": entry.label, "model": model_name, "seed": s,
+                                   "perturbation": name, "rate": rate,
+                                   "metrics": result.metrics,
+                                   "spec": spec, "run_config_hash": run_hash,
+                                   "ranks": str(npz.relative_to(suite_dir)),
+                                   "seconds": round(time.perf_counter() - t0, 3),
+                                   "mlflow_run_id": run_id}
+                            done[key] = len(rows)
+                            rows.append(row)
+                            atomic_write_json(out_path, {"suite": suite.name, "rows": rows,
+                                                         "skipped": skipped})
+        atomic_write_json(out_path, {"suite": suite.name, "rows": rows, "skipped": skipped})
+    except BaseException:
+        tracker.end(parent, status="FAILED")
+        raise
+    tracker.end(parent)
+    return {"rows": rows, "skipped": skipped, "path": out_path}
+
+
+def _stale(row: dict, dataset: str, model: str, seed: int, run_hash: str) -> bool:
+    """A row of an earlier training of the same (dataset, model, seed)."""
+    return ((row.get("dataset"), row["model"], row.get("seed")) == (dataset, model, seed)
+            and row.get("run_config_hash") != run_hash)
+
+
+def _row_key(row: dict) -> tuple:
+    return (row.get("dataset"), row["model"], row.get("seed"), row["perturbation"],
+            float(row["rate"]), row.get("run_config_hash"))
+
+
+def degradation_table(rows: list[dict], metric: str = "ndcg@10") -> str:
+    """Mean ``metric`` per (dataset, perturbation, model) and rate, as text."""
+    from ..stats import mean_ci
+
+    lines = []
+    for d, p in dict.fromkeys((r.get("dataset"), r["perturbation"]) for r in rows):
+        sel = [r for r in rows if r.get("dataset") == d and r["perturbation"] == p]
+        rates = sorted({float(r["rate"]) for r in sel})
+        lines.append(f"{d} / {p}: test {metric} by rate " + "  ".join(f"{x:g}" for x in rates))
+        for m in dict.fromkeys(r["model"] for r in sel):
+            cells = []
+            for x in rates:
+                vals = [r["metrics"][metric] for r in sel
+                        if r["model"] == m and float(r["rate"]) == x]
+                cells.append(f"{mean_ci(vals)[0]:.4f}" if vals else "-")
+            lines.append(f"  {m:<16} " + "  ".join(cells))
+    return "\n".join(lines)
