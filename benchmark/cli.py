@@ -67,10 +67,8 @@ def _suite_from_args(args):
 
     suite = load_suite(args.suite)
     if args.models:
-        from .registry import get_model_spec
-
         for m in args.models:
-            get_model_spec(m)
+            suite.spec(m)  # a registered model or one of the suite's variants
         suite.models = args.models
     if args.dataset:
         suite.datasets = [DatasetEntry(args.dataset, str(args.images) if args.images else None,
@@ -151,7 +149,8 @@ def _suite_dict(suite) -> dict:
                          for d in suite.datasets],
             "models": suite.models, "seeds": suite.seeds, "preset": suite.preset,
             "split": suite.split, "evaluation": suite.evaluation, "params": suite.params,
-            "model_params": suite.model_params, "tracking_uri": suite.tracking_uri}
+            "model_params": suite.model_params, "variants": suite.variants,
+            "tracking_uri": suite.tracking_uri}
 
 
 def cmd_list(args) -> int:

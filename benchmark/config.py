@@ -10,7 +10,7 @@ from .errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_KEYS = {"name", "description", "datasets", "models", "preset", "seeds", "split",
-              "evaluation", "params", "model_params", "tracking_uri"}
+              "evaluation", "params", "model_params", "variants", "tracking_uri"}
 
 
 @dataclass
@@ -37,15 +37,23 @@ class Suite:
     evaluation: dict[str, Any] = field(default_factory=lambda: {"mode": "full"})
     params: dict[str, Any] = field(default_factory=dict)
     model_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Named configurations of a registered model (ablations): name -> {model, params}.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     tracking_uri: str | None = None
 
-    def model_overrides(self, model: str) -> dict[str, Any]:
-        """Suite-wide params that this model has, then its own params (which must all exist)."""
+    def spec(self, model: str):
+        """The registry entry behind a suite model name (a variant's base model)."""
         from .registry import get_model_spec
 
-        known = get_model_spec(model).all_defaults()
+        return get_model_spec(self.variants[model]["model"] if model in self.variants else model)
+
+    def model_overrides(self, model: str) -> dict[str, Any]:
+        """Suite-wide params that this model has, then the variant's and the model's own params
+        (which must all exist)."""
+        known = self.spec(model).all_defaults()
         shared = {k: v for k, v in self.params.items() if k in known}
-        return {**shared, **self.model_params.get(model, {})}
+        variant = self.variants.get(model, {}).get("params", {})
+        return {**shared, **variant, **self.model_params.get(model, {})}
 
 
 def list_suites() -> list[str]:
@@ -97,11 +105,17 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
         if extra:
             raise ConfigError(f"{where}: dataset {d['name']!r}: unknown key(s) {sorted(extra)}")
         datasets.append(DatasetEntry(str(d["name"]), d.get("images"), dict(d.get("options") or {})))
+    variants = raw.get("variants") or {}
+    for name, v in variants.items():
+        if not isinstance(v, dict) or "model" not in v or set(v) - {"model", "params"}:
+            raise ConfigError(f"{where}: variant {name!r} needs 'model' and optional 'params'")
+        get_model_spec(v["model"])
     models = raw["models"]
     if not isinstance(models, list) or not models:
         raise ConfigError(f"{where}: 'models' must be a non-empty list")
     for m in models:
-        get_model_spec(m)
+        if m not in variants:
+            get_model_spec(m)
     seeds = raw["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -110,7 +124,8 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
         raise ConfigError(f"{where}: 'datasets' must be a non-empty list")
     model_params = raw.get("model_params") or {}
     for m in model_params:
-        get_model_spec(m)
+        if m not in variants:
+            get_model_spec(m)
     evaluation = {"mode": "full", "n_negatives": 100, "ks": [5, 10, 20],
                   **(raw.get("evaluation") or {})}
     if evaluation["mode"] not in ("full", "sampled"):
@@ -119,9 +134,10 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
     suite = Suite(name=str(raw["name"]), datasets=datasets, models=list(models), seeds=seeds,
                   preset=raw.get("preset"), description=raw.get("description", ""), split=split,
                   evaluation=evaluation, params=dict(raw.get("params") or {}),
-                  model_params=model_params, tracking_uri=raw.get("tracking_uri"))
+                  model_params=model_params, variants=dict(variants),
+                  tracking_uri=raw.get("tracking_uri"))
     # Fail before any training on a bad parameter: a suite-wide one must exist in some model.
-    accepted = set().union(*(get_model_spec(m).all_defaults() for m in suite.models))
+    accepted = set().union(*(suite.spec(m).all_defaults() for m in suite.models))
     for key in suite.params:
         if key not in accepted:
             import difflib
@@ -130,5 +146,5 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise ConfigError(f"{where}: no model of the suite has a parameter {key!r}{hint}")
     for m in suite.models:
-        get_model_spec(m).resolve(suite.preset, suite.model_overrides(m))
+        suite.spec(m).resolve(suite.preset, suite.model_overrides(m))
     return suite

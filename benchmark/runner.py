@@ -101,10 +101,9 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     import torch
 
     from .evaluation import Evaluator
-    from .registry import get_model_spec
     from .training import Trainer
 
-    spec = get_model_spec(model_name)
+    spec = suite.spec(model_name)
     params = spec.resolve(suite.preset, suite.model_overrides(model_name))
     ev = suite.evaluation
     run_dir = opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
