@@ -250,7 +250,8 @@ def cmd_robustness(args) -> int:
     chosen = [n for n in NAMES if getattr(args, n)]
     if not chosen:
         raise ConfigError("choose at least one perturbation, e.g. --drop-image")
-    out = run_robustness(suite, chosen, args.rates, _options(args), seed=args.perturbation_seed)
+    out = run_robustness(suite, chosen, args.rates, _options(args), seed=args.perturbation_seed,
+                         train_time=args.train_time)
     print(f"\nrobustness {suite.name}: {len(out['rows'])} rows in {out['path']}")
     for s in out["skipped"]:
         print(f"  skipped {s['model']} / {s['perturbation']}: {s['reason']}")
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated shares of items perturbed (default: 0,0.25,0.5,0.75,1)")
     rb.add_argument("--perturbation-seed", type=int, default=0,
                     help="seed choosing the perturbed items (the same for every model)")
+    rb.add_argument("--train-time", action="store_true",
+                    help="also train (and test) every model on the perturbed content: one "
+                         "derived suite per perturbation and rate")
     rb.set_defaults(func=cmd_robustness)
 
     dg = sub.add_parser("diagnose", help="modality-dropout test, topology agreement, embedding "

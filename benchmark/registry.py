@@ -225,7 +225,7 @@ register_model(ModelSpec(
     presets={
         # prefix mode encodes every prefix: a short window and large batches keep it fast
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
-                 "MAX_ITEM_LIST_LENGTH": 10, "hidden_dropout_prob": 0.2,
+                 "MAX_ITEM_LIST_LENGTH": 8, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "embedding_dropout_prob": 0.1, "batch_size": 512,
                  "pretrain_epochs": 1, "pretrain_max_tokens": 1024},
         "paper": {"hidden_size": 512, "n_heads": 8, "inner_size": 1024, "n_layers": 2,

@@ -35,6 +35,8 @@ class Options:
     tracking: bool = True
     tracking_uri: str | None = None
     cache_dir: Path | None = None  # embedding cache (default: $BENCH_CACHE_DIR or <data>/.cache)
+    perturbation: dict | None = None  # content perturbation for training and evaluation
+    # (train-time robustness, :mod:`benchmark.robustness`; a spec of benchmark.encoders.inputs)
 
 
 @dataclass
@@ -109,6 +111,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     run_dir = opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
     identity = {"model": model_name, "params": params, "dataset": prep.data.content_hash,
                 "split": prep.split.checksum, "evaluation": ev, "seed": seed}
+    if opts.perturbation is not None:
+        identity["perturbation"] = opts.perturbation
     config_hash = stable_hash(identity)
     result_path = run_dir / "result.json"
     if opts.resume and result_path.exists():
@@ -131,7 +135,7 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                                  "suite": suite.name, "config_hash": config_hash})
     try:
         model = build_model(spec, params, prep.data, run_dir, seed, opts.device, prep.split,
-                            opts.cache_dir, opts.progress)
+                            opts.cache_dir, opts.progress, perturbation=opts.perturbation)
         max_len = params.get("MAX_ITEM_LIST_LENGTH", 50)
         evaluator = Evaluator(prep.split, prep.data.n_items, max_len, mode=ev["mode"],
                               n_negatives=ev.get("n_negatives", 100), ks=ev.get("ks", (5, 10, 20)),

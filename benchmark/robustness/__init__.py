@@ -60,26 +60,36 @@ def unsupported(spec, name: str) -> str | None:
     return None
 
 
-def load_weights(model, path: Path, device: str) -> None:
-    """Load a run's stored weights into a model rebuilt on perturbed features. Content tables
-    are non-persistent buffers (absent from the state dict); a model that keeps a content table
-    in its state dict names it in ``content_buffers`` and it is not overwritten."""
+def load_weights(model, path: Path, device: str) -> list[str]:
+    """Load a run's stored weights into a model rebuilt on perturbed features; returns the
+    state-dict keys left at their (seeded) initialisation.
+
+    Content tables are non-persistent buffers (absent from the state dict); a model that keeps
+    a content table in its state dict names it in ``content_buffers`` and it is not overwritten.
+    A parameter that exists only because of the perturbed content (UniSRec's vector for items
+    without text, when the clean data had none) keeps its initialisation, with a warning.
+    """
     import torch
 
     state = torch.load(path, map_location=device, weights_only=True)
     keep = set(getattr(model, "content_buffers", ()))
     state = {k: v for k, v in state.items() if k not in keep}
-    partial = hasattr(model, "saved_state_dict")  # stores less than its state dict (VLM2Rec)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in keep]
-    if unexpected or (missing and not partial):
-        raise ConfigError(f"{path}: stored weights do not fit the model "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if unexpected:
+        raise ConfigError(f"{path}: stored weights do not fit the model (unexpected "
+                          f"{unexpected[:3]})")
+    fresh = [k for k in missing if k not in keep]
+    if fresh and not hasattr(model, "saved_state_dict"):  # VLM2Rec stores only its adapter
+        log.warning("%s: %s not in the stored weights (created by the perturbed content); "
+                    "left at initialisation", path, ", ".join(fresh[:5]))
+        return fresh
+    return []
 
 
 def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dict | None,
                        opts):
-    """Test-time evaluation of a trained run under a perturbation spec (None: clean)."""
+    """Test-time evaluation of a trained run under a perturbation spec (None: clean):
+    (the test :class:`~benchmark.evaluation.EvalResult`, keys left at initialisation)."""
     from ..evaluation import Evaluator
     from ..registry import get_model_spec
     from ..runner import build_model
@@ -89,7 +99,7 @@ def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dic
     run_dir = run_folder(suite, prep, model_name, seed, opts)
     model = build_model(mspec, params, prep.data, run_dir, seed, opts.device, prep.split,
                         opts.cache_dir, False, perturbation=spec)
-    load_weights(model, run_dir / "model.pt", opts.device)
+    fresh = load_weights(model, run_dir / "model.pt", opts.device)
     ev = suite.evaluation
     evaluator = Evaluator(prep.split, prep.data.n_items, params.get("MAX_ITEM_LIST_LENGTH", 50),
                           mode=ev["mode"], n_negatives=ev.get("n_negatives", 100),
@@ -106,7 +116,7 @@ def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dic
         ).to(opts.device))
 
     model.eval()
-    return evaluator.evaluate(score, "test")
+    return evaluator.evaluate(score, "test"), fresh
 
 
 def run_folder(suite: Suite, prep, model_name: str, seed: int, opts) -> Path:
@@ -117,12 +127,39 @@ def _rate_label(rate: float) -> str:
     return f"{rate:g}"
 
 
+def train_time_rows(suite: Suite, name: str, rates: list[float], opts,
+                    seed: int = DEFAULT_SEED) -> list[dict]:
+    """Train-time robustness: the suite's models trained and evaluated on perturbed content,
+    one derived suite ``<suite>-train-<name>@<rate>`` per rate (a normal, resumable run);
+    rows labelled ``<name>+train`` (rate 0: the clean suite's own runs)."""
+    from ..registry import get_model_spec
+    from ..runner import run_suite
+
+    models = [m for m in suite.models if unsupported(get_model_spec(m), name) is None]
+    rows = []
+    for rate in rates:
+        spec = perturbation_spec(name, rate, seed)
+        if spec is None:  # the clean suite, already run by run_robustness
+            done = read_json(opts.results_dir / suite.name / "summary.json")["rows"]
+            runs = [r for r in done if r["model"] in models]
+        else:
+            sub = replace(suite, name=f"{suite.name}-train-{name}@{rate:g}", models=models)
+            runs = run_suite(sub, replace(opts, resume=True, perturbation=spec))
+        for r in runs:
+            rows.append({"dataset": r["dataset"], "model": r["model"], "seed": r["seed"],
+                         "perturbation": f"{name}+train", "rate": float(rate),
+                         "metrics": r["test"], "spec": spec, "run_dir": r["run_dir"],
+                         "mlflow_run_id": r.get("mlflow_run_id")})
+    return rows
+
+
 def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], opts,
-                   seed: int = DEFAULT_SEED) -> dict:
+                   seed: int = DEFAULT_SEED, train_time: bool = False) -> dict:
     """Evaluate every (dataset, model, seed) of a suite under each perturbation and rate.
 
     The suite is run first (resumable: completed runs are skipped). Rows already in
-    ``robustness.json`` for the same trained run and spec are kept, not recomputed.
+    ``robustness.json`` for the same trained run and spec are kept, not recomputed. With
+    ``train_time``, :func:`train_time_rows` are added too (perturbation ``<name>+train``).
     """
     from ..runner import _save_npz, prepare_dataset, run_suite
     from ..tracking import Tracker
@@ -172,12 +209,12 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                             spec = perturbation_spec(name, rate, seed)
                             t0 = time.perf_counter()
                             if spec is None and clean is not None:
-                                result = clean  # rate 0 is the same clean evaluation
+                                result, fresh = clean  # rate 0: the same clean evaluation
                             else:
-                                result = evaluate_perturbed(suite, prep, model_name, s, spec,
-                                                            opts)
+                                result, fresh = evaluate_perturbed(suite, prep, model_name, s,
+                                                                   spec, opts)
                             if spec is None:
-                                clean = result
+                                clean = result, fresh
                             npz = (suite_dir / "robustness" / entry.label / model_name /
                                    f"seed-{s}" / f"{name}@{_rate_label(rate)}.npz")
                             npz.parent.mkdir(parents=True, exist_ok=True)
@@ -200,11 +237,17 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                                    "spec": spec, "run_config_hash": run_hash,
                                    "ranks": str(npz.relative_to(suite_dir)),
                                    "seconds": round(time.perf_counter() - t0, 3),
+                                   "untrained_keys": fresh,
                                    "mlflow_run_id": run_id}
                             done[key] = len(rows)
                             rows.append(row)
                             atomic_write_json(out_path, {"suite": suite.name, "rows": rows,
                                                          "skipped": skipped})
+        if train_time:
+            for name in perturbations:
+                label = f"{name}+train"
+                rows = [r for r in rows if r["perturbation"] != label]
+                rows += train_time_rows(suite, name, rates, opts, seed)
         atomic_write_json(out_path, {"suite": suite.name, "rows": rows, "skipped": skipped})
     except BaseException:
         tracker.end(parent, status="FAILED")

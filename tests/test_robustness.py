@@ -1,0 +1,225 @@
+"""Robustness (test-time perturbations) and modality diagnostics on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from benchmark.data.dataset import Dataset, load_dataset
+from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
+from benchmark.diagnostics import (
+    alignment,
+    collapse_verdict,
+    effective_rank,
+    linear_cka,
+    relational_kl,
+    uniformity,
+)
+from benchmark.encoders.cache import EmbeddingCache, cache_key
+from benchmark.encoders.inputs import ItemInputs, selected_items
+from benchmark.robustness import NAMES, perturbation_spec
+
+SMALL = SyntheticConfig(n_users=150, n_items=80, image_size=16, seq_len=(5, 10))
+KNOBS = ["--data-option", "n_users=150", "--data-option", "n_items=80",
+         "--data-option", "image_size=16", "--data-option", "seq_len=[5, 10]"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Dataset:
+    return load_dataset(generate_synthetic(tmp_path_factory.mktemp("synth"), SMALL))
+
+
+def _inputs(data: Dataset, modality: str, spec: dict | None) -> list:
+    inputs = ItemInputs(data, modality, spec)
+    out = []
+    for i in range(1, data.n_items):
+        v = inputs(i)
+        out.append(None if v is None else v if isinstance(v, str) else np.asarray(v))
+    return out
+
+
+def _changed(a: list, b: list) -> set[int]:
+    def same(x, y) -> bool:
+        if x is None or y is None:
+            return x is y
+        return x == y if isinstance(x, str) else np.array_equal(x, y)
+
+    return {i + 1 for i, (x, y) in enumerate(zip(a, b)) if not same(x, y)}
+
+
+# perturbations that change every selected input of these data for sure
+STRICT = {"drop_image", "drop_text", "image_noise", "image_blur", "image_jpeg", "word_shuffle"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_perturbation_changes_exactly_the_seeded_share(synth, name):
+    spec = perturbation_spec(name, 0.5, seed=3)
+    modality = "image" if "image" in name or name == "modality_swap" else "text"
+    other = "text" if modality == "image" else "image"
+    clean = _inputs(synth, modality, None)
+    perturbed = _inputs(synth, modality, spec)
+    selected = set(selected_items(synth.n_items, 0.5, 3).tolist())
+    assert len(selected) == round(0.5 * (synth.n_items - 1))
+    changed = _changed(clean, perturbed)
+    assert changed <= selected and len(changed) >= 0.5 * len(selected)
+    if name in STRICT:
+        assert changed == selected
+    assert not _changed(perturbed, _inputs(synth, modality, spec))  # deterministic
+    assert not _changed(_inputs(synth, other, None), _inputs(synth, other, spec))  # other intact
+    assert set(selected_items(synth.n_items, 0.25, 3).tolist()) <= selected  # nested rates
+    assert selected != set(selected_items(synth.n_items, 0.5, 4).tolist())  # seeded
+    assert perturbation_spec(name, 0.0) is None  # rate 0 = the clean inputs (clean cache key)
+
+
+def test_perturbed_inputs_get_their_own_cache_key():
+    base = {"encoder": "e", "checkpoint": "c", "preprocessing": {}, "modality": "image",
+            "dataset": "d"}
+    keys = {cache_key(**base, perturbation=None),
+            cache_key(**base, perturbation=perturbation_spec("drop_image", 0.5)),
+            cache_key(**base, perturbation=perturbation_spec("drop_image", 1.0)),
+            cache_key(**base, perturbation=perturbation_spec("drop_image", 1.0, seed=1)),
+            cache_key(**base, perturbation=perturbation_spec("image_noise", 1.0))}
+    assert len(keys) == 5
+
+
+# -- diagnostics math --------------------------------------------------------------------------
+
+def test_diagnostics_math():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0)  # invariant to rotation and scale
+    assert linear_cka(x, rng.normal(size=(50, 8))) < 0.5
+    assert effective_rank(np.eye(16)) == pytest.approx(16.0)
+    assert effective_rank(np.outer(np.ones(10), rng.normal(size=6))) == pytest.approx(1.0)
+    assert alignment(x, 2.0 * x) == pytest.approx(0.0, abs=1e-12)
+    assert alignment(x, -x) == pytest.approx(4.0)
+    collapsed = np.tile([[1.0, 0.0]], (20, 1))
+    assert uniformity(collapsed) == pytest.approx(0.0, abs=1e-9)
+    assert uniformity(rng.normal(size=(200, 8))) < -2.0  # spread out: much lower
+    assert relational_kl(x, x) == pytest.approx(0.0, abs=1e-5)
+    assert relational_kl(x, rng.normal(size=(50, 8))) > 0.0
+
+
+def test_verdict_flags_single_modality_collapse():
+    text_only = collapse_verdict(0.30, no_image=0.30, no_text=0.05, declared=("text", "id"))
+    image_only = collapse_verdict(0.20, no_image=0.04, no_text=0.20, declared=("image",))
+    both = collapse_verdict(0.30, no_image=0.20, no_text=0.15, declared=("image", "text"))
+    ignored = collapse_verdict(0.30, no_image=0.29, no_text=0.30, declared=("image", "text"))
+    id_only = collapse_verdict(0.10, no_image=0.10, no_text=0.10, declared=("id",))
+    assert text_only[0].startswith("collapsed onto text") and text_only[1] == "warn"
+    assert image_only[0].startswith("collapsed onto image") and image_only[1] == "warn"
+    assert "collapsed" not in both[0] and both[1] == "pass"
+    assert ignored[1] == "warn" and id_only[1] == "pass"
+    # given both modalities but using one: a failure
+    dual = collapse_verdict(0.30, no_image=0.30, no_text=0.05, declared=("image", "text"))
+    assert dual[0].startswith("collapsed onto text") and dual[1] == "fail"
+    assert dual[2]["image_contribution"] == 0.0
+    assert dual[2]["text_contribution"] == pytest.approx(0.25 / 0.30)
+
+
+# -- end to end through the CLI ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
+        common = ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "2",
+                  "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
+                  "--no-tracking", "-q"]
+        assert main(["robustness", "--drop-image", "--rates", "0,1",
+                     "--models", "mostpop,sasrec,unisrec,clip_sasrec", *common]) == 0
+        rob = json.loads((tmp / "results/accuracy/robustness.json").read_text())
+        assert main(["diagnose", "accuracy", "--models", "sasrec,unisrec,clip_sasrec",
+                     *common]) == 0
+    return tmp, rob
+
+
+def _metrics(rows: list[dict], model: str, perturbation: str, rate: float) -> dict:
+    (row,) = [r for r in rows if r["model"] == model and r["perturbation"] == perturbation
+              and r["rate"] == rate]
+    return row["metrics"]
+
+
+def test_cli_robustness_rows_and_expected_pattern(bench_run):
+    tmp, rob = bench_run
+    rows = rob["rows"]
+    assert {(r["model"], r["rate"]) for r in rows if r["perturbation"] == "drop_image"} == {
+        (m, x) for m in ("mostpop", "sasrec", "unisrec", "clip_sasrec") for x in (0.0, 1.0)}
+    for r in rows:
+        assert {"model", "perturbation", "rate", "metrics", "dataset", "seed"} <= set(r)
+        assert r["dataset"] == "synthetic" and r["seed"] == 0 and "ndcg@10" in r["metrics"]
+        ranks = np.load(tmp / "results/accuracy" / r["ranks"])
+        assert len(ranks["test_ranks"]) == len(ranks["test_users"]) > 0
+    summary = json.loads((tmp / "results/accuracy/summary.json").read_text())["rows"]
+    for s in summary:  # rate 0 = the stored run's clean test metrics
+        assert _metrics(rows, s["model"], "drop_image", 0.0) == pytest.approx(s["test"])
+    for model in ("mostpop", "sasrec", "unisrec"):  # no image read: identical metrics
+        assert (_metrics(rows, model, "drop_image", 1.0)
+                == _metrics(rows, model, "drop_image", 0.0))
+    assert (_metrics(rows, "clip_sasrec", "drop_image", 1.0)
+            != _metrics(rows, "clip_sasrec", "drop_image", 0.0))
+    # the perturbed embeddings were encoded and cached under their own key
+    cache = EmbeddingCache(tmp / "cache")
+    metas = [cache.load(p.stem).meta for p in (tmp / "cache" / "embeddings").glob("*.npz")]
+    dropped = [m for m in metas if m.get("perturbation") and m["modality"] == "image"]
+    clean = [m for m in metas if not m.get("perturbation") and m["modality"] == "image"]
+    assert dropped and clean and {m["key"] for m in dropped}.isdisjoint(m["key"] for m in clean)
+
+
+def test_cli_diagnose_writes_verdicts(bench_run):
+    tmp, _ = bench_run
+    doc = json.loads((tmp / "results/accuracy/diagnostics.json").read_text())
+    by_model = {e["model"]: e for e in doc["models"]}
+    assert set(by_model) == {"sasrec", "unisrec", "clip_sasrec"}
+    for e in doc["models"]:
+        assert e["status"] in ("pass", "warn", "fail") and e["verdict"]
+        assert all(isinstance(v, float) for v in e["metrics"].values())
+        assert all(isinstance(v, list) for v in e["series"].values())
+    assert by_model["sasrec"]["verdict"].startswith("reads no content")
+    assert by_model["unisrec"]["verdict"].startswith("collapsed onto text")
+    assert by_model["unisrec"]["metrics"]["image_contribution"] == 0.0
+    clip = by_model["clip_sasrec"]["metrics"]
+    assert {"cka_image_text", "relational_kl_image_text", "image_effective_rank",
+            "text_uniformity", "alignment_image_text"} <= set(clip)
+    # the robustness rows of the dropout test were added next to the earlier ones
+    rob = json.loads((tmp / "results/accuracy/robustness.json").read_text())["rows"]
+    assert any(r["perturbation"] == "drop_text" and r["rate"] == 1.0 for r in rob)
+
+
+def test_unknown_perturbation_and_no_flag_are_user_errors(tmp_path, capsys):
+    assert main(["robustness", "--results-dir", str(tmp_path), "--no-tracking"]) == 2
+    assert "--drop-image" in capsys.readouterr().err
+    with pytest.raises(Exception, match="unknown perturbation"):
+        perturbation_spec("nope", 0.5)
+
+
+def test_help_lists_the_new_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "robustness" in out and "diagnose" in out
+
+
+def test_train_time_option_runs_a_derived_suite(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    results = tmp_path / "results"
+    assert main(["robustness", "--drop-text", "--rates", "0,1", "--train-time",
+                 "--models", "mostpop,sasrec", "--dataset", "synthetic", *KNOBS, "--seeds", "0",
+                 "--epochs", "1", "--results-dir", str(results),
+                 "--data-dir", str(tmp_path / "data"), "--no-tracking", "-q"]) == 0
+    rows = json.loads((results / "accuracy/robustness.json").read_text())["rows"]
+    train = [r for r in rows if r["perturbation"] == "drop_text+train"]
+    assert {(r["model"], r["rate"]) for r in train} == {
+        (m, x) for m in ("mostpop", "sasrec") for x in (0.0, 1.0)}
+    config = json.loads((results / "accuracy-train-drop_text@1/runs/synthetic/sasrec/seed-0"
+                         / "config.json").read_text())
+    assert config["perturbation"] == perturbation_spec("drop_text", 1.0)
+    for model in ("mostpop", "sasrec"):  # no text read, same seed: the same accuracy
+        assert (_metrics(train, model, "drop_text+train", 1.0)
+                == pytest.approx(_metrics(train, model, "drop_text+train", 0.0)))
