@@ -98,6 +98,12 @@ def _suite_from_args(args):
 def _options(args, resume: bool = False):
     from .runner import Options
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads must be >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)  # on a shared machine 1 thread can be far faster
     return Options(results_dir=Path(args.results_dir), data_dir=args.data_dir,
                    device=_check_device(args.device), resume=resume, progress=not args.quiet,
                    tracking=not args.no_tracking, tracking_uri=args.tracking_uri)
@@ -256,6 +262,8 @@ def cmd_robustness(args) -> int:
     for s in out["skipped"]:
         print(f"  skipped {s['model']} / {s['perturbation']}: {s['reason']}")
     print(degradation_table(out["rows"]))
+    if any("signal=visual" in r.get("groups", {}) for r in out["rows"]):
+        print(degradation_table(out["rows"], group="signal=visual"))
     return 0
 
 
@@ -289,6 +297,7 @@ def _suite_arguments(r: argparse.ArgumentParser) -> None:
                    help="override a model parameter for every model (repeatable)")
     r.add_argument("--eval-mode", choices=["full", "sampled"], help="full ranking or sampled")
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     r.add_argument("--results-dir", default="results", help="where results go (default: results)")
     r.add_argument("--data-dir", type=Path, help="dataset folder (default: $BENCH_DATA_DIR or data)")
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite in results dir)")

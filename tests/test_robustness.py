@@ -214,6 +214,12 @@ def test_train_time_option_runs_a_derived_suite(tmp_path, monkeypatch):
                  "--epochs", "1", "--results-dir", str(results),
                  "--data-dir", str(tmp_path / "data"), "--no-tracking", "-q"]) == 0
     rows = json.loads((results / "accuracy/robustness.json").read_text())["rows"]
+    # a rerun (test time only) evaluates nothing again and keeps the train-time rows
+    assert main(["robustness", "--drop-text", "--rates", "0,1", "--models", "mostpop,sasrec",
+                 "--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "1",
+                 "--results-dir", str(results), "--data-dir", str(tmp_path / "data"),
+                 "--no-tracking", "-q"]) == 0
+    assert json.loads((results / "accuracy/robustness.json").read_text())["rows"] == rows
     train = [r for r in rows if r["perturbation"] == "drop_text+train"]
     assert {(r["model"], r["rate"]) for r in train} == {
         (m, x) for m in ("mostpop", "sasrec") for x in (0.0, 1.0)}

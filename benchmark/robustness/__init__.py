@@ -11,8 +11,9 @@ Layout, in ``<results>/<suite>/``::
     robustness.json                                   {"rows": [...], "skipped": [...]}
     robustness/<dataset>/<model>/seed-<s>/<perturbation>@<rate>.npz   per-case test ranks
 
-A row: ``{dataset, model, seed, perturbation, rate, metrics, spec, run_config_hash,
-mlflow_run_id}``; rate 0 is the clean evaluation.
+A row: ``{dataset, model, seed, perturbation, rate, perturbation_seed, metrics, groups, spec,
+run_config_hash, ranks, seconds, untrained_keys, mlflow_run_id}`` (``groups``: metrics per case label, e.g.
+``signal=visual``); rate 0 is the clean evaluation.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def train_time_rows(suite: Suite, name: str, rates: list[float], opts,
         for r in runs:
             rows.append({"dataset": r["dataset"], "model": r["model"], "seed": r["seed"],
                          "perturbation": f"{name}+train", "rate": float(rate),
+                         "perturbation_seed": seed,
                          "metrics": r["test"], "spec": spec, "run_dir": r["run_dir"],
                          "mlflow_run_id": r.get("mlflow_run_id")})
     return rows
@@ -203,7 +205,7 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                             log.warning("robustness: skip %s", why)
                             continue
                         for rate in rates:
-                            key = (entry.label, model_name, s, name, rate, run_hash)
+                            key = (entry.label, model_name, s, name, rate, seed, run_hash)
                             if key in done:
                                 continue
                             spec = perturbation_spec(name, rate, seed)
@@ -233,7 +235,7 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                             tracker.end(run_id)
                             row = {"dataset": entry.label, "model": model_name, "seed": s,
                                    "perturbation": name, "rate": rate,
-                                   "metrics": result.metrics,
+                                   "perturbation_seed": seed, "metrics": result.metrics, "groups": result.groups,
                                    "spec": spec, "run_config_hash": run_hash,
                                    "ranks": str(npz.relative_to(suite_dir)),
                                    "seconds": round(time.perf_counter() - t0, 3),
@@ -258,29 +260,38 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
 
 def _stale(row: dict, dataset: str, model: str, seed: int, run_hash: str) -> bool:
     """A row of an earlier training of the same (dataset, model, seed)."""
-    return ((row.get("dataset"), row["model"], row.get("seed")) == (dataset, model, seed)
-            and row.get("run_config_hash") != run_hash)
+    return ("run_config_hash" in row  # a test-time row (train-time rows have their own runs)
+            and (row.get("dataset"), row["model"], row.get("seed")) == (dataset, model, seed)
+            and row["run_config_hash"] != run_hash)
 
 
 def _row_key(row: dict) -> tuple:
     return (row.get("dataset"), row["model"], row.get("seed"), row["perturbation"],
-            float(row["rate"]), row.get("run_config_hash"))
+            float(row["rate"]), row.get("perturbation_seed"), row.get("run_config_hash"))
 
 
-def degradation_table(rows: list[dict], metric: str = "ndcg@10") -> str:
-    """Mean ``metric`` per (dataset, perturbation, model) and rate, as text."""
+def degradation_table(rows: list[dict], metric: str = "ndcg@10", group: str | None = None) -> str:
+    """Mean ``metric`` per (dataset, perturbation, model) and rate, as text; on the test cases
+    of a case label (``group``, e.g. ``signal=visual``) when given."""
     from ..stats import mean_ci
 
+    def value(r: dict) -> float | None:
+        if group is None:
+            return r["metrics"].get(metric)
+        return r.get("groups", {}).get(group, {}).get(metric)
+
+    rows = [r for r in rows if value(r) is not None]
+    where = f" [{group}]" if group else ""
     lines = []
     for d, p in dict.fromkeys((r.get("dataset"), r["perturbation"]) for r in rows):
         sel = [r for r in rows if r.get("dataset") == d and r["perturbation"] == p]
         rates = sorted({float(r["rate"]) for r in sel})
-        lines.append(f"{d} / {p}: test {metric} by rate " + "  ".join(f"{x:g}" for x in rates))
+        lines.append(f"{d} / {p}: test {metric}{where} by rate "
+                     + "  ".join(f"{x:g}" for x in rates))
         for m in dict.fromkeys(r["model"] for r in sel):
             cells = []
             for x in rates:
-                vals = [r["metrics"][metric] for r in sel
-                        if r["model"] == m and float(r["rate"]) == x]
+                vals = [value(r) for r in sel if r["model"] == m and float(r["rate"]) == x]
                 cells.append(f"{mean_ci(vals)[0]:.4f}" if vals else "-")
             lines.append(f"  {m:<16} " + "  ".join(cells))
     return "\n".join(lines)
