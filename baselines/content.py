@@ -46,3 +46,15 @@ def present_mean(module: nn.Module, modality: str) -> torch.Tensor:
     if not present.any():
         return torch.zeros(values.shape[1])
     return values[present].mean(0)
+
+
+def init_like_sasrec(module: nn.Module, std: float) -> None:
+    """RecBole SASRec's initialisation: normal(0, std) weights, zero biases, unit LayerNorms
+    (use as ``model.apply(functools.partial(init_like_sasrec, std=...))``)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=std)
+    elif isinstance(module, nn.LayerNorm):
+        module.bias.data.zero_()
+        module.weight.data.fill_(1.0)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()

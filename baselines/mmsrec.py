@@ -25,6 +25,8 @@ prediction. See docs/baselines/mmsrec.md for what differs from the official code
 
 from __future__ import annotations
 
+from functools import partial
+
 from benchmark.recbole_compat import import_recbole
 
 import_recbole()
@@ -36,7 +38,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
-from baselines.content import lookup, register_features
+from baselines.content import init_like_sasrec, lookup, register_features
 
 MODALITIES = ("image", "text")
 # Which modalities each pre-training view lets the encoder see (image, text).
@@ -88,19 +90,10 @@ class MMSRec(SequentialRecommender):
             attn_dropout_prob=config["attn_dropout_prob"], hidden_act=config["hidden_act"],
             layer_norm_eps=eps)
         self.output_proj = nn.ModuleList(_linear_norm(h, h, eps) for _ in MODALITIES)
-        self.apply(self._init_weights)
+        self.apply(partial(init_like_sasrec, std=self.initializer_range))
         nn.init.normal_(self.mask_token, std=self.initializer_range)
         nn.init.normal_(self.empty_token, std=self.initializer_range)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """Normal(0, initializer_range) weights, zero biases, unit LayerNorms (as official)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     # -- the fusion encoder -------------------------------------------------------------------
     def encode(self, items: torch.Tensor, masked: torch.Tensor,

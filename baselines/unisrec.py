@@ -17,6 +17,8 @@ item-dropped copy of the same sequence. See docs/baselines/unisrec.md for parity
 
 from __future__ import annotations
 
+from functools import partial
+
 from benchmark.recbole_compat import import_recbole
 
 import_recbole()
@@ -28,6 +30,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from torch import nn
 
+from baselines.content import init_like_sasrec
 from benchmark.errors import ConfigError
 
 MODES = ("inductive", "transductive")
@@ -124,21 +127,12 @@ class UniSRec(SequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.initializer_range = config["initializer_range"]
-        self.apply(self._init_weights)
+        self.apply(partial(init_like_sasrec, std=self.initializer_range))
         self.moe_adaptor = MoEAdaptor(values.shape[1], self.hidden_size, config["n_exps"],
                                       config["adaptor_dropout_prob"], config["gating_noise"])
         # Set once pre-training ran (kept in checkpoints, so a resumed run knows it).
         self.register_buffer("pretrained", torch.tensor(False))
 
-    def _init_weights(self, module: nn.Module) -> None:
-        """RecBole SASRec's initialisation (normal(0, initializer_range), LayerNorm 1/0)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     # -- item and sequence representations --------------------------------------------------------
     def item_text(self, items: torch.Tensor | None = None) -> torch.Tensor:

@@ -123,6 +123,13 @@ register_model(ModelSpec(
     trainable=False,
 ))
 
+# RecBole SASRec's transformer defaults, shared by every SASRec-style model.
+_SASREC_TRANSFORMER = {
+    "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+    "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+}
+
 _SASREC_SPACE = {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
     "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
@@ -138,9 +145,7 @@ register_model(ModelSpec(
     description="SASRec (Kang & McAuley 2018), RecBole's implementation; ID-only.",
     modalities=("id",),
     defaults={
-        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
-        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        **_SASREC_TRANSFORMER,
     },
     presets={
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
@@ -246,9 +251,7 @@ register_model(ModelSpec(
                 "embedding unless use_id.",
     modalities=("image", "text"),
     defaults={
-        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
-        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        **_SASREC_TRANSFORMER,
         "fusion": "concat",  # or "mean" (one CLIP space: image and text of the same size)
         "use_id": False,
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
@@ -320,9 +323,7 @@ register_model(ModelSpec(
                 "adapter (SR initialisation, LLMEmb-style).",
     modalities=("text", "image"),
     defaults={
-        "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
-        "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        **_SASREC_TRANSFORMER,
         # the VLM2Rec stage: the vlm2rec model under this preset ("" = its defaults) and
         # overrides, trained once per (config, seed, dataset, split) and shared through the cache
         "stage1_preset": "", "stage1_overrides": {},

@@ -9,12 +9,10 @@ to a dataset folder works too.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import stable_hash
+from ..io import build_dir_once, stable_hash
 
 BUILTIN = {
     "synthetic": "controlled-modality synthetic dataset (embedded default; knobs via options)",
@@ -26,24 +24,8 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("BENCH_DATA_DIR", "data"))
 
 
-def _build_once(target: Path, build) -> Path:
-    """Build a dataset folder in a temporary sibling and rename it into place: a crash or a
-    concurrent run never leaves a half-built dataset under the final name."""
-    if (target / "manifest.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "manifest.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+def _build_dataset(target: Path, build) -> Path:
+    return build_dir_once(target, build, marker="manifest.json")
 
 
 def resolve_dataset(name: str, data_dir: Path | None = None, images: Path | None = None,
@@ -60,7 +42,7 @@ def resolve_dataset(name: str, data_dir: Path | None = None, images: Path | None
             config = SyntheticConfig(**options)
         except TypeError as e:
             raise ConfigError(f"synthetic dataset: {e}") from None
-        return _build_once(data_dir / f"synthetic-{config.key()}",
+        return _build_dataset(data_dir / f"synthetic-{config.key()}",
                            lambda tmp: generate_synthetic(tmp, config))
     if options:
         raise ConfigError(f"dataset {name!r} takes no options (got {', '.join(options)})")
@@ -68,7 +50,7 @@ def resolve_dataset(name: str, data_dir: Path | None = None, images: Path | None
         from .importers import import_ml100k
 
         suffix = f"-images-{stable_hash(str(Path(images).resolve()), 8)}" if images else ""
-        return _build_once(data_dir / f"ml-100k{suffix}",
+        return _build_dataset(data_dir / f"ml-100k{suffix}",
                            lambda tmp: import_ml100k(tmp, images=images))
     if images is not None:
         raise ConfigError("--images applies to built-in datasets; import other datasets with "

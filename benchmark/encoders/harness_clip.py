@@ -13,9 +13,6 @@ items. Its results are labelled :data:`LABEL` everywhere, never as a pretrained 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 
 from ..data.dataset import Dataset
 from ..errors import ConfigError
-from ..io import atomic_write_json, stable_hash
+from ..io import atomic_write_json, build_dir_once, stable_hash
 from .inputs import load_image
 
 log = logging.getLogger(__name__)
@@ -74,22 +71,12 @@ def ensure_checkpoint(data: Dataset, split, seed: int, cache_root: Path, device:
     """The trained checkpoint folder in the cache, training it first if it is not there."""
     fp = fingerprint(data, split, seed, recipe)
     target = Path(cache_root) / "checkpoints" / f"{NAME}-{stable_hash(fp)}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         train_checkpoint(data, training_items(split), recipe, seed, tmp, device, progress)
         atomic_write_json(tmp / "harness.json", {"label": LABEL, **fp})
-        try:
-            os.rename(tmp, target)  # publish the finished folder in one step
-        except OSError:  # another process published it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_dir_once(target, build, marker="config.json")
 
 
 def _training_pairs(data: Dataset, items: np.ndarray) -> tuple[list[int], list[str], list]:

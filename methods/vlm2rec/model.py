@@ -43,7 +43,7 @@ from torch import nn
 
 from baselines.sasrec import SASRec
 from benchmark.errors import ConfigError
-from benchmark.io import atomic_write, atomic_write_json, read_json, stable_hash
+from benchmark.io import atomic_write, atomic_write_json, build_dir_once, read_json, stable_hash
 from benchmark.training import TrainOutcome
 
 from .losses import MODALITIES, Objective, info_nce
@@ -82,22 +82,12 @@ def resolve_vlm(name: str, data, cache_dir: Path) -> Path:
     recipe = [data.content_hash, TINY_SEED, hashlib.sha256(Path(tiny.__file__).read_bytes())
               .hexdigest()]  # a changed stand-in recipe builds a new folder
     target = cache_dir / "checkpoints" / f"{name}-{stable_hash(recipe)}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         texts = [item_text(data, i) or "" for i in range(1, data.n_items)]
         tiny.build_tiny_checkpoint(family, tmp, texts, seed=TINY_SEED, size=size)
-        try:
-            os.rename(tmp, target)  # publish the finished folder in one step
-        except OSError:  # another process published it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return build_dir_once(target, build, marker="config.json")
 
 
 def item_text(data, item: int) -> str | None:
