@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -104,9 +105,13 @@ def _options(args, resume: bool = False):
         import torch
 
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread can be far faster
-    return Options(results_dir=Path(args.results_dir), data_dir=args.data_dir,
-                   device=_check_device(args.device), resume=resume, progress=not args.quiet,
-                   tracking=not args.no_tracking, tracking_uri=args.tracking_uri)
+    results_dir, tracking = Path(args.results_dir), not args.no_tracking
+    rank = int(os.environ.get("RANK", "0"))
+    if rank:  # under torchrun only rank 0 records results; the others write a scratch copy
+        results_dir, tracking = results_dir / f".rank-{rank}", False
+    return Options(results_dir=results_dir, data_dir=args.data_dir,
+                   device=_check_device(args.device), resume=resume, progress=not args.quiet and
+                   not rank, tracking=tracking, tracking_uri=args.tracking_uri)
 
 
 def cmd_run(args) -> int:
