@@ -132,3 +132,18 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path, monkeypa
     assert main([*argv, "--resume"]) == 0
     result = json.loads((run_dir / "result.json").read_text())
     assert result["train"]["resumed_from"] == 2 and result["train"]["epochs"] == 3
+
+
+def test_sampled_evaluation_mode_end_to_end(tiny_dataset, tmp_path, capsys):
+    suite = tmp_path / "sampled.yaml"
+    suite.write_text(f"name: sampled\ndatasets: [{tiny_dataset}]\nmodels: [mostpop]\n"
+                     "seeds: [0]\nevaluation: {mode: sampled, n_negatives: 10, ks: [5, 20]}\n")
+    argv = ["run", "--suite", str(suite), "--results-dir", str(tmp_path / "r"), "-q",
+            "--no-tracking"]
+    assert main(argv) == 0
+    row = json.loads((tmp_path / "r" / "sampled" / "summary.json").read_text())["rows"][0]
+    assert row["test"]["hr@20"] == 1.0  # 10 negatives + the target: always in the top 20
+    assert 0 < row["test"]["hr@5"] < 1
+    suite.write_text(suite.read_text().replace("n_negatives: 10", "n_negatives: 1000"))
+    assert main(argv) == 2
+    assert "items available as negatives" in capsys.readouterr().err

@@ -32,6 +32,6 @@ def test_bad_variants_and_params(raw, message):
 
 
 def test_shipped_suites_are_valid():
-    for name in ("accuracy", "vlm2rec-ablation"):
+    for name in ("accuracy", "vlm2rec-ablation", "paper-protocol"):
         suite = load_suite(name)
         assert suite.models and suite.seeds
