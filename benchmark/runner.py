@@ -264,13 +264,19 @@ def write_summary(suite: Suite, rows: list[dict], suite_dir: Path) -> None:
     atomic_write_json(suite_dir / "summary.json", {"suite": suite.name, "rows": rows})
 
 
-def summary_table(rows: list[dict], metrics=("ndcg@10", "hr@10", "mrr@10")) -> str:
-    """Mean +- 95% CI over seeds, per dataset and model; signal groups when the data has them."""
+def summary_table(rows: list[dict], cutoff: int | None = None) -> str:
+    """Mean +- 95% CI over seeds, per dataset and model; signal groups when the data has them.
+    Metrics at ``cutoff`` (default: 10 if evaluated, else the largest cut-off evaluated)."""
     from .stats import mean_ci
 
+    if not rows:
+        return "(no runs)"
+    ks = sorted({int(m.split("@")[1]) for m in rows[0]["test"]})
+    k = cutoff or (10 if 10 in ks else ks[-1])
+    metrics = (f"ndcg@{k}", f"hr@{k}", f"mrr@{k}")
     groups = sorted({g for r in rows for g in r.get("test_groups", {})
                      if g.startswith("signal=") and "," not in g and g != "signal=start"})
-    cols = [f"test {m}" for m in metrics] + [f"{g[7:]} ndcg@10" for g in groups]
+    cols = [f"test {m}" for m in metrics] + [f"{g[7:]} ndcg@{k}" for g in groups]
     header = ["dataset", "model", "seeds", *cols]
     lines = []
     keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
@@ -281,7 +287,7 @@ def summary_table(rows: list[dict], metrics=("ndcg@10", "hr@10", "mrr@10")) -> s
             mean, ci = mean_ci([r["test"][m] for r in sel])
             cells.append(f"{mean:.4f} ± {ci:.4f}")
         for g in groups:
-            vals = [r["test_groups"][g]["ndcg@10"] for r in sel if g in r.get("test_groups", {})]
+            vals = [r["test_groups"][g][f"ndcg@{k}"] for r in sel if g in r.get("test_groups", {})]
             mean, ci = mean_ci(vals)
             cells.append(f"{mean:.4f} ± {ci:.4f}")
         lines.append(cells)
