@@ -20,7 +20,7 @@ from . import prompts
 TINY_MARKER = "harness_tiny.json"
 
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3")
-SIZES = ("tiny", "small")
+SIZES = ("tiny", "small", "2b")
 
 _QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -42,13 +42,18 @@ _SMOLVLM_SPECIALS = [
 
 # tiny: 0.1-0.3 M parameters in all (the BPE vocabulary grows with the texts, up to ``vocab``);
 # small: ~14 M, environment.md's throughput model (hidden 512, 4 layers, 224 px images).
+# 2b: Qwen2-VL-2B's shapes (random weights, for the GPU throughput / memory check); its config
+# vocabulary is padded to Qwen's 151,936 rows so that embedding memory and FLOPs are realistic.
 _TEXT = {
     "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "inter": 128, "vocab": 2000},
     "small": {"hidden": 512, "layers": 4, "heads": 8, "kv_heads": 4, "inter": 1376, "vocab": 4000},
+    "2b": {"hidden": 1536, "layers": 28, "heads": 12, "kv_heads": 2, "inter": 8960, "vocab": 4000,
+           "config_vocab": 151936},
 }
 _VISION = {
-    "tiny": {"hidden": 32, "layers": 1, "heads": 2, "patch": 8, "image": 32},
-    "small": {"hidden": 128, "layers": 2, "heads": 4, "patch": 14, "image": 224},
+    "tiny": {"hidden": 32, "layers": 1, "heads": 2, "patch": 8, "image": 32, "mlp_ratio": 2},
+    "small": {"hidden": 128, "layers": 2, "heads": 4, "patch": 14, "image": 224, "mlp_ratio": 2},
+    "2b": {"hidden": 1280, "layers": 32, "heads": 16, "patch": 14, "image": 224, "mlp_ratio": 4},
 }
 
 
@@ -122,7 +127,7 @@ def _qwen_config(family: str, size: str, tok) -> Any:
     mrope = [half - 2 * hw, hw, hw]  # (temporal, height, width) sections sum to head_dim / 2
     ids = {name: tok.convert_tokens_to_ids(name) for name in _QWEN_SPECIALS}
     text = {
-        "vocab_size": len(tok),
+        "vocab_size": max(len(tok), t.get("config_vocab", 0)),
         "hidden_size": t["hidden"],
         "intermediate_size": t["inter"],
         "num_hidden_layers": t["layers"],
@@ -150,7 +155,7 @@ def _qwen_config(family: str, size: str, tok) -> Any:
             "embed_dim": v["hidden"],
             "hidden_size": t["hidden"],
             "num_heads": v["heads"],
-            "mlp_ratio": 2,
+            "mlp_ratio": v["mlp_ratio"],
             "patch_size": v["patch"],
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
@@ -179,7 +184,7 @@ def _smolvlm_config(family: str, size: str, tok) -> Any:
     t, v = _TEXT[size], _VISION[size]
     text = {
         "model_type": "llama",
-        "vocab_size": len(tok),
+        "vocab_size": max(len(tok), t.get("config_vocab", 0)),
         "hidden_size": t["hidden"],
         "intermediate_size": t["inter"],
         "num_hidden_layers": t["layers"],
@@ -297,10 +302,14 @@ def benchmark(
     image_px: int = 32,
     threads: int = 1,
     seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Throughput of the embedder on a stand-in: items/s, users/s (batch ``batch``, histories of
     14 items, 10 used) and ms per LoRA forward+backward step on ``train_batch`` (user, item) pairs.
-    Reports wall-clock and process CPU time (CPU time is robust to other load on the machine)."""
+    Reports wall-clock and process CPU time (CPU time is robust to other load on the machine);
+    on CUDA also peak memory and a model-FLOP-utilisation estimate (see ``_mfu``)."""
     import tempfile
     import time
 
@@ -325,12 +334,24 @@ def benchmark(
     ckpt = build_tiny_checkpoint(
         family, root / f"ckpt_{family}_{size}", [it.text for it in items], size=size
     )
-    emb = VLMEmbedder(ckpt, lora={}, image_size=image_px)
+    emb = VLMEmbedder(ckpt, lora={}, image_size=image_px, dtype=dtype,
+                      gradient_checkpointing=gradient_checkpointing).to(device)
+    tokens = [0]  # language-model tokens seen, counted where every path embeds its input ids
+    emb.backbone.get_input_embeddings().register_forward_hook(
+        lambda _m, args, _out: tokens.__setitem__(0, tokens[0] + args[0].numel()))
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     hists = [[items[j] for j in rng.integers(0, n_items, size=14)] for _ in range(n_items)]
 
     def timed(fn) -> tuple[float, float]:
+        sync()
         w, c = time.perf_counter(), time.process_time()
         fn()
+        sync()
         return time.perf_counter() - w, time.process_time() - c
 
     def run_items() -> None:
@@ -360,9 +381,23 @@ def benchmark(
         opt.step()
 
     step(0)  # warm-up
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     n_steps = min(8, n_items // train_batch - 1)
+    tokens[0] = 0
     steps = [timed(lambda k=k: step(k)) for k in range(1, n_steps + 1)]
+    step_tokens = tokens[0] / n_steps
+    extra = {}
+    if cuda:
+        extra = {"gpu": torch.cuda.get_device_name(0),
+                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+                 **_mfu(emb, step_tokens, float(np.median([s[0] for s in steps])),
+                        gradient_checkpointing, torch.cuda.get_device_name(0))}
     return {
+        **extra,
+        "device": device,
+        "dtype": dtype,
+        "lm_tokens_per_step": step_tokens,
         "family": family,
         "size": size,
         "n_params": emb.info()["n_params"],
@@ -378,13 +413,39 @@ def benchmark(
     }
 
 
-if __name__ == "__main__":  # python -m methods.vlm2rec.tiny [family] [size] [threads]
-    import sys
+# Dense bf16 peak FLOP/s of the cards the GPU check is expected to meet (vendor figures).
+_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
-    args = sys.argv[1:]
-    result = benchmark(
-        family=args[0] if args else "qwen2-vl",
-        size=args[1] if len(args) > 1 else "tiny",
-        threads=int(args[2]) if len(args) > 2 else 1,
-    )
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}))
+
+def _mfu(emb, step_tokens: float, step_seconds: float, checkpointing: bool, gpu: str) -> dict:
+    """Model FLOP utilisation of a LoRA step, estimated as (6 + 2 if activations are recomputed)
+    x language-model parameters (embeddings excluded) x language-model tokens / step time /
+    the card's dense bf16 peak. The frozen vision tower is left out (its outputs are cached)."""
+    embed = emb.backbone.get_input_embeddings().weight.numel()
+    lm = sum(p.numel() for n, p in emb.backbone.named_parameters() if "visual" not in n
+             and "vision" not in n) - embed
+    flops = (8 if checkpointing else 6) * lm * step_tokens
+    peak = next((v for k, v in _PEAK_BF16.items() if k in gpu), None)
+    return {"lm_params": lm, "step_tflops": flops / 1e12,
+            "achieved_tflops_per_s": flops / step_seconds / 1e12,
+            "mfu_estimate": None if peak is None else flops / step_seconds / peak}
+
+
+if __name__ == "__main__":  # python -m methods.vlm2rec.tiny --help
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Throughput (and on CUDA memory and MFU) of the "
+                                 "VLM embedder on a random-weight stand-in.")
+    ap.add_argument("family", nargs="?", default="qwen2-vl", choices=FAMILIES)
+    ap.add_argument("size", nargs="?", default="tiny", choices=SIZES)
+    ap.add_argument("threads", nargs="?", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--items", type=int, default=512)
+    ap.add_argument("--image-px", type=int, default=32)
+    a = ap.parse_args()
+    result = benchmark(family=a.family, size=a.size, threads=a.threads, device=a.device,
+                       dtype=a.dtype, gradient_checkpointing=a.gradient_checkpointing,
+                       n_items=a.items, image_px=a.image_px)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
