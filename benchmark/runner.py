@@ -87,6 +87,9 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
                              "cache_dir": str(cache_dir or default_cache_dir())}, run_dir)
     seed_everything(seed)
     model = cls(config, DatasetView(data, features))
+    # What the model's content came from, for the provenance card (e.g. a harness-trained CLIP).
+    model.harness_content = {m: {"encoder": f.encoder, "missing_items": f.missing_count()}
+                             for m, f in features.items()}
     return model.to(device)
 
 
@@ -188,6 +191,7 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                                         "coverage": prep.data.manifest.get("coverage"),
                                         "findings": prep.data.manifest.get("findings")},
                 "split": prep.split.summary(), "config_hash": config_hash, "config": identity,
+                "content": content_card(model),
                 "seed": seed, "wall_seconds": wall, "mlflow_run_id": run_id,
                 "tracking_uri": tracker.uri}
         atomic_write_json(result_path, {"config_hash": config_hash, "row": row,
@@ -209,6 +213,16 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     except Exception:
         tracker.end(run_id, status="FAILED")
         raise
+
+
+def content_card(model) -> dict:
+    """Where the model's content representations come from: encoder names (a harness-trained
+    CLIP says so), missing-modality counts, and the model's own ``provenance()`` (VLM2Rec: its
+    backbone, flagged when it is a random stand-in rather than pretrained weights)."""
+    card = dict(getattr(model, "harness_content", {}))
+    if hasattr(model, "provenance"):
+        card.update(model.provenance())
+    return card
 
 
 def _save_npz(path: Path, **arrays) -> None:

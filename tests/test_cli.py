@@ -147,3 +147,20 @@ def test_sampled_evaluation_mode_end_to_end(tiny_dataset, tmp_path, capsys):
     suite.write_text(suite.read_text().replace("n_negatives: 10", "n_negatives: 1000"))
     assert main(argv) == 2
     assert "items available as negatives" in capsys.readouterr().err
+
+
+def test_provenance_card_labels_stand_in_content(tmp_path):
+    """A harness-trained CLIP and a random VLM stand-in are named as such in every result."""
+    from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
+
+    root = generate_synthetic(tmp_path / "syn", SyntheticConfig(
+        n_users=60, n_items=60, seq_len=(5, 8), image_size=16, seed=1))
+    results = tmp_path / "r"
+    assert main(["run", "--dataset", str(root), "--models", "clip_sasrec,vlm2rec", "--seeds", "0",
+                 "--epochs", "1", "--results-dir", str(results), "--data-dir", str(tmp_path),
+                 "-q", "--no-tracking"]) == 0
+    runs = results / "accuracy" / "runs" / "syn"
+    clip = json.loads((runs / "clip_sasrec" / "seed-0" / "result.json").read_text())
+    assert "not a pretrained CLIP" in clip["provenance"]["content"]["image"]["encoder"]
+    vlm = json.loads((runs / "vlm2rec" / "seed-0" / "result.json").read_text())
+    assert vlm["provenance"]["content"]["vlm"]["stand_in"] is True

@@ -278,6 +278,10 @@ class VLM2Rec(SequentialRecommender):
         self._table: tuple[str, torch.Tensor] | None = None
         self._users: tuple[str, dict[tuple, torch.Tensor]] = ("", {})
 
+    def provenance(self) -> dict:
+        """The backbone behind the embeddings (``stand_in`` True: random weights, not pretrained)."""
+        return {"vlm": self.embedder.info()}
+
     # -- content ------------------------------------------------------------------------------
     def set_input_modalities(self, modalities: tuple[str, ...] = MODALITIES) -> None:
         """Feed only these modalities to the VLM at scoring time (the modality-dropout test of
@@ -538,6 +542,13 @@ class VLM2RecSASRec(SASRec):
         trainer = Trainer(self, self.params, split, evaluator, seed, str(device), checkpoint,
                           progress=progress, on_epoch=on_epoch)
         return trainer.fit(resume=resume)
+
+    def provenance(self) -> dict:
+        """The VLM2Rec stage behind the item table (``stand_in``: a random backbone)."""
+        from .tiny import is_tiny_checkpoint
+
+        return {"vlm": {"path": str(self.vlm_path), "stand_in": is_tiny_checkpoint(self.vlm_path),
+                        "stage_key": self.stage_key}}
 
     def stage_table(self, split, evaluator, seed: int, stage_dir: Path, resume: bool = False,
                     progress: bool = False, on_step=None) -> torch.Tensor:
