@@ -159,13 +159,9 @@ register_model(ModelSpec(
 ))
 
 _UNISREC_SPACE = {
-    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-    "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
-    "attn_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
+    **_SASREC_SPACE,
     "adaptor_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
-    "n_layers": {"type": "int", "low": 1, "high": 3},
     "hidden_size": {"type": "categorical", "choices": [32, 64, 128, 300]},
-    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
 }
 
 register_model(ModelSpec(
@@ -200,12 +196,7 @@ register_model(ModelSpec(
 ))
 
 _MMSREC_SPACE = {
-    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-    "hidden_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
-    "attn_dropout_prob": {"type": "float", "low": 0.0, "high": 0.5},
-    "n_layers": {"type": "int", "low": 1, "high": 3},
-    "hidden_size": {"type": "categorical", "choices": [32, 64, 128]},
-    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    **_SASREC_SPACE,
     "temperature": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
     "mask_ratio": {"type": "float", "low": 0.0, "high": 0.4},
 }

@@ -120,6 +120,18 @@ def _train_tokenizer(
     )
 
 
+def _lm_shape(t: dict, tok) -> dict[str, Any]:
+    """The language model's size in a transformers text config (both families)."""
+    return {
+        "vocab_size": max(len(tok), t.get("config_vocab", 0)),
+        "hidden_size": t["hidden"],
+        "intermediate_size": t["inter"],
+        "num_hidden_layers": t["layers"],
+        "num_attention_heads": t["heads"],
+        "num_key_value_heads": t["kv_heads"],
+    }
+
+
 def _qwen_config(family: str, size: str, tok) -> Any:
     t, v = _TEXT[size], _VISION[size]
     head_dim = t["hidden"] // t["heads"]
@@ -127,12 +139,7 @@ def _qwen_config(family: str, size: str, tok) -> Any:
     mrope = [half - 2 * hw, hw, hw]  # (temporal, height, width) sections sum to head_dim / 2
     ids = {name: tok.convert_tokens_to_ids(name) for name in _QWEN_SPECIALS}
     text = {
-        "vocab_size": max(len(tok), t.get("config_vocab", 0)),
-        "hidden_size": t["hidden"],
-        "intermediate_size": t["inter"],
-        "num_hidden_layers": t["layers"],
-        "num_attention_heads": t["heads"],
-        "num_key_value_heads": t["kv_heads"],
+        **_lm_shape(t, tok),
         "max_position_embeddings": 8192,
         "rope_parameters": {"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
         "pad_token_id": ids["<|endoftext|>"],
@@ -184,12 +191,7 @@ def _smolvlm_config(family: str, size: str, tok) -> Any:
     t, v = _TEXT[size], _VISION[size]
     text = {
         "model_type": "llama",
-        "vocab_size": max(len(tok), t.get("config_vocab", 0)),
-        "hidden_size": t["hidden"],
-        "intermediate_size": t["inter"],
-        "num_hidden_layers": t["layers"],
-        "num_attention_heads": t["heads"],
-        "num_key_value_heads": t["kv_heads"],
+        **_lm_shape(t, tok),
         "max_position_embeddings": 8192,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
         "pad_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
