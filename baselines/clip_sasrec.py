@@ -2,12 +2,13 @@
 
 Each item is its frozen CLIP image and text embedding, fused (``concat`` or ``mean``) and mapped
 by a learned linear projection to the hidden size; a SASRec transformer runs over the sequence of
-projected items, and every item is scored by a dot product with its projected embedding (CE over
-all items). There is no item ID embedding unless ``use_id: true``.
+projected items, and every item is scored by a dot product with its projected embedding (training:
+CE over the items of the training split, ``train_candidates: seen``, or over all items, ``all``;
+see :mod:`baselines.candidates`). There is no item ID embedding unless ``use_id: true``.
 
 The projected table stands in for SASRec's ``nn.Embedding``: :class:`ContentItemEmbedding` is
-called with ids and its ``weight`` is the whole table, so RecBole's SASRec code (forward, CE loss,
-``full_sort_predict``) and the harness's ``all_positions_loss`` run on it unchanged.
+called with ids and its ``weight`` is the whole table, so the harness's SASRec code (forward, CE
+losses, ``full_sort_predict``) runs on it unchanged.
 """
 
 from __future__ import annotations

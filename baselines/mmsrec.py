@@ -16,7 +16,8 @@ Fine-tuning (``calculate_loss``; the official training set is every prefix of ev
 so the model trains in ``prefix`` mode only: a bidirectional encoder that reads a masked last item
 cannot score every position of a window in one pass): masked-item prediction, the last item always
 masked plus a ``mask_ratio`` share of the others (BERT-style 80/10/10), CE against every item's
-item-tower embedding.
+item-tower embedding (only the training split's items under ``train_candidates: seen``, the
+harness default; ``all`` is the official loss; see :mod:`baselines.candidates`).
 Pre-training (``pretrain_loss``): the combinatorial contrastive loss between views of the same
 sequence (vision vs vision under two dropout draws, vision vs text, text vs text, vision+text vs
 vision+text; position-wise, in-batch negatives) plus ``pretrain_mip_weight`` x masked-item
@@ -38,6 +39,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.utils import InputType
 from torch import nn
 
+from baselines.candidates import TrainCandidates
 from baselines.content import init_like_sasrec, lookup, register_features
 
 MODALITIES = ("image", "text")
@@ -59,7 +61,7 @@ def _windows(item_seq: torch.Tensor, lengths: torch.Tensor, last: torch.Tensor) 
     return window.scatter(1, lengths.unsqueeze(1), last.unsqueeze(1))
 
 
-class MMSRec(SequentialRecommender):
+class MMSRec(SequentialRecommender, TrainCandidates):
     """MMSRec's fusion encoder as user and item tower over frozen image and text features."""
 
     input_type = InputType.POINTWISE
@@ -93,6 +95,7 @@ class MMSRec(SequentialRecommender):
         self.apply(partial(init_like_sasrec, std=self.initializer_range))
         nn.init.normal_(self.mask_token, std=self.initializer_range)
         nn.init.normal_(self.empty_token, std=self.initializer_range)
+        self.init_train_candidates(config)
 
 
     # -- the fusion encoder -------------------------------------------------------------------
@@ -203,7 +206,8 @@ class MMSRec(SequentialRecommender):
     # -- losses ---------------------------------------------------------------------------------
     def masked_item_loss(self, window: torch.Tensor) -> torch.Tensor:
         """Mask each window's last item and a ``mask_ratio`` share of the others (of those: 80%
-        mask token, 10% a random item, 10% unchanged); CE of the masked items over all items."""
+        mask token, 10% a random item, 10% unchanged); CE of the masked items over the training
+        candidates (all items, or the training split's under ``seen``)."""
         valid = window > 0
         last = F.one_hot(valid.sum(1) - 1, window.shape[1]).bool()
         chosen = (torch.rand(window.shape, device=window.device) < self.mask_ratio) & valid | last
@@ -212,7 +216,7 @@ class MMSRec(SequentialRecommender):
         keep = chosen & ~last & (draw >= 0.1) & (draw < 0.2)
         inputs = torch.where(replace, torch.randint_like(window, 1, self.n_items), window)
         out = self.encode(inputs, chosen & ~replace & ~keep)
-        logits = self._logits(out[chosen])
+        logits = self.candidate_logits(self._logits(out[chosen]))
         return F.cross_entropy(logits[:, 1:], window[chosen] - 1)
 
     def combinatorial_loss(self, window: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ and items are scored by ``cosine(sequence, item) / temperature``.
 - ``mode="inductive"``: items are their text alone (no ID embedding);
 - ``mode="transductive"``: adapted text + an ID embedding, for the sequence input and the scores.
 
-Training: cross-entropy over all items, on RecBole's prefix samples (``calculate_loss``) or at
-every position of a window (``all_positions_loss``). Optional self-supervised pre-training
+Training: cross-entropy over the item table, on RecBole's prefix samples (``calculate_loss``) or
+at every position of a window (``all_positions_loss``); over the items of the training split only
+under ``train_candidates: seen`` (the harness default; ``all``: every item, as the official code,
+see :mod:`baselines.candidates`). Optional self-supervised pre-training
 (``pretrain_loss``, run by the harness for ``pretrain_epochs`` epochs): sequence-item plus
 ``lambda`` x sequence-sequence contrastive losses with in-batch negatives, the second against an
 item-dropped copy of the same sequence. See docs/baselines/unisrec.md for parity notes.
@@ -30,6 +32,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 from torch import nn
 
+from baselines.candidates import TrainCandidates
 from baselines.content import init_like_sasrec
 from benchmark.errors import ConfigError
 
@@ -83,7 +86,7 @@ class MoEAdaptor(nn.Module):
         return (self.gates(x).unsqueeze(-1) * self.experts(x)).sum(dim=-2)
 
 
-class UniSRec(SequentialRecommender):
+class UniSRec(SequentialRecommender, TrainCandidates):
     """UniSRec on RecBole's ``SequentialRecommender`` interface (see the module docstring)."""
 
     def __init__(self, config, dataset):
@@ -132,6 +135,7 @@ class UniSRec(SequentialRecommender):
                                       config["adaptor_dropout_prob"], config["gating_noise"])
         # Set once pre-training ran (kept in checkpoints, so a resumed run knows it).
         self.register_buffer("pretrained", torch.tensor(False))
+        self.init_train_candidates(config)
 
 
     # -- item and sequence representations --------------------------------------------------------
@@ -178,19 +182,23 @@ class UniSRec(SequentialRecommender):
                 p.requires_grad_(False)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        """Cross-entropy over all items for the next item of each prefix (RecBole batches)."""
+        """Cross-entropy over the training candidates for the next item of each prefix (RecBole
+        batches)."""
         self._start_finetune()
         table = self.item_table()
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], table)
-        return F.cross_entropy(self._logits(seq_output, table), interaction[self.POS_ITEM_ID])
+        logits = self.candidate_logits(self._logits(seq_output, table))
+        return F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
 
     def all_positions_loss(self, item_seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over all items at every non-padding position (targets 0 are ignored)."""
+        """Cross-entropy over the training candidates at every non-padding position (targets 0
+        are ignored)."""
         self._start_finetune()
         table = self.item_table()
         out = self.encode(item_seq, table[item_seq])
         keep = targets > 0
-        return F.cross_entropy(self._logits(out[keep], table), targets[keep])
+        return F.cross_entropy(self.candidate_logits(self._logits(out[keep], table)),
+                               targets[keep])
 
     def predict(self, interaction) -> torch.Tensor:
         """Scores (B,) of the items in ``interaction[ITEM_ID]``."""

@@ -106,6 +106,8 @@ def _options(args, resume: bool = False):
 
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread can be far faster
     results_dir, tracking = Path(args.results_dir), not args.no_tracking
+    if args.quiet:  # Hugging Face's own bars (checkpoint loading), without importing it
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     rank = int(os.environ.get("RANK", "0"))
     if rank:  # under torchrun only rank 0 records results; the others write a scratch copy
         results_dir, tracking = results_dir / f".rank-{rank}", False

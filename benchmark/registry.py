@@ -42,6 +42,12 @@ class ModelSpec:
     trainable: bool = True
     # Content the model reads: modality ("text", "image") -> parameter naming its encoder.
     features: dict[str, str] = field(default_factory=dict)
+    # True: the model reads its raw texts/images itself (not through ``features``) and applies
+    # the input perturbation it is given as ``config["perturbation"]`` (VLM2Rec).
+    raw_content: bool = False
+    # A registered model this one trains first, configured by this model's ``stage1_preset``
+    # and ``stage1_overrides`` (vlm2rec_sasrec: the vlm2rec stage); part of a run's identity.
+    stage: str | None = None
 
     def load(self):
         module, _, cls = self.target.partition(":")
@@ -49,6 +55,13 @@ class ModelSpec:
 
     def all_defaults(self) -> dict[str, Any]:
         return {**TRAIN_DEFAULTS, **self.defaults} if self.trainable else dict(self.defaults)
+
+    def stage_params(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The resolved parameters of the stage model (None without one)."""
+        if self.stage is None:
+            return None
+        return get_model_spec(self.stage).resolve(params["stage1_preset"] or None,
+                                                  params["stage1_overrides"] or {})
 
     def resolve(self, preset: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
         """Defaults <- preset <- overrides, each key and value type checked."""
@@ -67,6 +80,9 @@ class ModelSpec:
         if self.trainable and params["train_mode"] not in TRAIN_MODES:
             raise ConfigError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, "
                               f"got {params['train_mode']!r}")
+        if params.get("train_candidates", "all") not in ("seen", "all"):  # before any work
+            raise ConfigError(f"{self.name}: train_candidates must be one of seen, all, got "
+                              f"{params['train_candidates']!r}")
         for key in ("epochs", "batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"):
             if key in params and params[key] < 1:
                 raise ConfigError(f"{self.name}: {key} must be >= 1, got {params[key]}")
@@ -146,6 +162,7 @@ register_model(ModelSpec(
     modalities=("id",),
     defaults={
         **_SASREC_TRANSFORMER,
+        "train_candidates": "all",  # RecBole's CE over every item ("seen": training items only)
     },
     presets={
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
@@ -179,6 +196,9 @@ register_model(ModelSpec(
         "lambda": 1e-3, "item_drop_ratio": 0.2,  # pre-training: seq-seq weight, augmentation
         "pretrain_epochs": 0, "pretrain_learning_rate": 0.0,  # 0.0 = learning_rate
         "freeze_encoder": False,  # after pre-training, fine-tune only adaptor (+ ID embedding)
+        # training softmax over the items of the training split only (cold items are not pushed
+        # down); "all" = every item, as the official code (baselines/candidates.py)
+        "train_candidates": "seen",
         "text_encoder": "all-MiniLM-L6-v2",
     },
     presets={
@@ -216,6 +236,7 @@ register_model(ModelSpec(
         "pretrain_epochs": 0, "pretrain_learning_rate": 0.0,  # 0.0 = learning_rate
         "pretrain_mip_weight": 1.0,  # 0 = the official pre-training (contrastive only)
         "pretrain_max_tokens": 4096,  # items per contrastive similarity matrix (memory bound)
+        "train_candidates": "seen",  # masked-item CE over the training items; "all": official
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
     },
     presets={
@@ -245,6 +266,7 @@ register_model(ModelSpec(
         **_SASREC_TRANSFORMER,
         "fusion": "concat",  # or "mean" (one CLIP space: image and text of the same size)
         "use_id": False,
+        "train_candidates": "seen",  # CE over the training items only; "all": every item
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
     },
     presets={
@@ -280,6 +302,7 @@ _VLM2REC_TINY = {
     "history_len": 5, "image_size": 32, "max_text_tokens": 16, "bf16": False,
     "gradient_checkpointing": False, "epochs": 1, "patience": 1, "learning_rate": 2e-3,
     "batch_size": 64, "eval_batch_size": 256, "pairs_per_user": 1, "MAX_ITEM_LIST_LENGTH": 20,
+    "grad_probe_every": 2,  # the per-modality gradient series of the diagnostics (cheap here)
 }
 _VLM2REC_PAPER = {
     "vlm": "Qwen/Qwen2.5-VL-3B-Instruct", "lora_r": 16, "lora_alpha": 32, "bf16": True,
@@ -305,6 +328,7 @@ register_model(ModelSpec(
     defaults=_VLM2REC_DEFAULTS,
     presets={"tiny": _VLM2REC_TINY, "paper": _VLM2REC_PAPER},
     search_space=_VLM2REC_SPACE,
+    raw_content=True,
 ))
 
 register_model(ModelSpec(
@@ -318,6 +342,7 @@ register_model(ModelSpec(
         # the VLM2Rec stage: the vlm2rec model under this preset ("" = its defaults) and
         # overrides, trained once per (config, seed, dataset, split) and shared through the cache
         "stage1_preset": "", "stage1_overrides": {},
+        "train_candidates": "seen",  # CE over the training items only; "all": every item
     },
     presets={
         "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
@@ -327,4 +352,6 @@ register_model(ModelSpec(
                   "patience": 10, "MAX_ITEM_LIST_LENGTH": 50, "stage1_preset": "paper"},
     },
     search_space=_SASREC_SPACE,
+    stage="vlm2rec",
+    raw_content=True,
 ))

@@ -84,7 +84,9 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
     cls = spec.load()
     config = recbole_config(cls, data.root, data.name,
                             {**params, "seed": seed, "device": device,
-                             "cache_dir": str(cache_dir or default_cache_dir())}, run_dir)
+                             "cache_dir": str(cache_dir or default_cache_dir()),
+                             # for a model that reads raw content itself (ModelSpec.raw_content)
+                             "perturbation": perturbation}, run_dir)
     seed_everything(seed)
     model = cls(config, DatasetView(data, features))
     # What the model's content came from, for the provenance card (e.g. a harness-trained CLIP).
@@ -114,6 +116,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     run_dir = opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
     identity = {"model": model_name, "params": params, "dataset": prep.data.content_hash,
                 "split": prep.split.checksum, "evaluation": ev, "seed": seed}
+    if spec.stage is not None:  # a change to the stage model's settings retrains this one
+        identity["stage_params"] = spec.stage_params(params)
     if opts.perturbation is not None:
         identity["perturbation"] = opts.perturbation
     config_hash = stable_hash(identity)
@@ -150,10 +154,15 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
             def log_epoch(ep: int, row: dict) -> None:
                 tracker.log_metrics(run_id, row, step=ep)
 
+            def log_step(step: int, row: dict) -> None:  # per-step diagnostics (VLM2Rec)
+                tracker.log_metrics(run_id, {f"train_{k}": v for k, v in row.items()
+                                             if isinstance(v, (int, float)) and k != "step"},
+                                    step=step)
+
             if hasattr(model, "fit"):  # a model with its own training loop (VLM2Rec)
                 outcome = model.fit(prep.split, evaluator, seed=seed, checkpoint=checkpoint,
                                     resume=opts.resume, progress=opts.progress,
-                                    on_epoch=log_epoch)
+                                    on_epoch=log_epoch, on_step=log_step)
             else:
                 outcome = Trainer(model, params, prep.split, evaluator, seed, opts.device,
                                   checkpoint, progress=opts.progress,
@@ -180,6 +189,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
         state = model.saved_state_dict() if hasattr(model, "saved_state_dict") else \
             model.state_dict()
         atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
+        if getattr(model, "step_log", None):  # per-step training diagnostics, for diagnose
+            atomic_write_json(run_dir / STEPS_FILE, {"steps": model.step_log})
         row = {"suite": suite.name, "dataset": prep.entry.label, "model": model_name,
                "seed": seed, "status": "ok", "valid": valid.metrics, "test": test.metrics,
                "test_groups": test.groups, "test_group_sizes": test.group_sizes,
@@ -213,6 +224,9 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     except Exception:
         tracker.end(run_id, status="FAILED")
         raise
+
+
+STEPS_FILE = "train_steps.json"  # a run's per-step training diagnostics (VLM2Rec's step log)
 
 
 def content_card(model) -> dict:
@@ -254,7 +268,10 @@ def run_suite(suite: Suite, opts: Options) -> list[dict]:
                                                    "preset": suite.preset})
         atomic_write_json(parent_file, {"mlflow_run_id": parent, "tracking_uri": tracker.uri})
     env_card = environment_card(opts.device)
-    rows: list[dict] = []
+    # runs of this suite recorded by an earlier call (e.g. other --models) stay in the summary
+    summary_path = suite_dir / "summary.json"
+    rows: list[dict] = read_json(summary_path).get("rows", []) if summary_path.exists() else []
+    done: list[dict] = []  # the runs of this call, in order
     total = len(suite.datasets) * len(suite.models) * len(suite.seeds)
     bar = tqdm(total=total, desc=f"suite {suite.name}", disable=not opts.progress)
     try:
@@ -265,13 +282,22 @@ def run_suite(suite: Suite, opts: Options) -> list[dict]:
             for model in suite.models:
                 for seed in suite.seeds:
                     bar.set_postfix_str(f"{entry.label}/{model}/seed-{seed}")
-                    rows.append(run_one(suite, prep, model, seed, opts, tracker, parent, env_card))
+                    row = run_one(suite, prep, model, seed, opts, tracker, parent, env_card)
+                    rows = _upsert(rows, row)
+                    done.append(row)
                     write_summary(suite, rows, suite_dir)
                     bar.update(1)
     finally:
         bar.close()
     tracker.end(parent)
-    return rows
+    return done
+
+
+def _upsert(rows: list[dict], row: dict) -> list[dict]:
+    """``rows`` with ``row`` replacing the row of the same (dataset, model, seed), or appended."""
+    key = (row["dataset"], row["model"], row["seed"])
+    out = [r if (r["dataset"], r["model"], r["seed"]) != key else row for r in rows]
+    return out if row in out else out + [row]
 
 
 def write_summary(suite: Suite, rows: list[dict], suite_dir: Path) -> None:

@@ -8,6 +8,10 @@ Two ways to turn the training split into batches (``train_mode``):
 - ``all_positions``: each user's training sequence, cut into windows of ``MAX_ITEM_LIST_LENGTH + 1``,
   once per epoch with a loss at every position (the original SASRec training).
 
+A model with ``set_train_split`` is told the split it trains on before the first step (the
+content models' ``train_candidates: seen`` restricts their training softmax to its items,
+:mod:`baselines.candidates`).
+
 Early stopping follows RecBole's rule: stop once validation NDCG@10 has not improved (strictly)
 for more than ``patience`` epochs; the best epoch's weights are restored at the end.
 """
@@ -103,6 +107,8 @@ class Trainer:
         self.mode = params["train_mode"]
         if self.mode == "all_positions" and not hasattr(model, "all_positions_loss"):
             raise ConfigError(f"{type(model).__name__} supports only train_mode=prefix")
+        if hasattr(model, "set_train_split"):  # train_candidates: seen (baselines.candidates)
+            model.set_train_split(split)
         self.samples = (prefix_samples(split) if self.mode == "prefix"
                         else position_windows(split, self.max_len))
         self.generator = torch.Generator()

@@ -108,6 +108,12 @@ def test_run_writes_summary_tracks_in_mlflow_and_resumes(tiny_dataset, tmp_path,
     assert again == rows
     for run_dir, stamp in stamps.items():
         assert (Path(run_dir) / "result.json").stat().st_mtime_ns == stamp  # nothing re-ran
+    # a later call on a subset of the models keeps the other runs in the summary
+    assert main(["run", "--dataset", str(tiny_dataset), "--models", "mostpop", "--seeds", "0",
+                 "--results-dir", str(results), "-q", "--no-tracking"]) == 0
+    kept = json.loads((results / "accuracy" / "summary.json").read_text())["rows"]
+    assert [(r["model"], r["seed"]) for r in kept] == [(r["model"], r["seed"]) for r in rows]
+    assert kept[1:] == rows[1:]
 
 
 def test_killed_run_resumes_from_its_checkpoint(tiny_dataset, tmp_path, monkeypatch):

@@ -101,7 +101,11 @@ def write_fake_results(root: Path, suite: str = "fake",
             m: {"dataset": datasets[0], "status": "pass" if i else "fail",
                 "verdict": "uses both modalities" if i else "collapsed onto text",
                 "metrics": {"image_share": 0.1 + 0.1 * i},
-                "series": {"grad_norm_image": [1.0, 0.5, 0.2], "grad_norm_text": [1.0, 1.1, 1.2]}}
+                "series": {"grad_norm_image": [1.0, 0.5, 0.2], "grad_norm_text": [1.0, 1.1, 1.2]},
+                "training": {"step": [0, 1, 2, 3], "p_text": [0.1, 0.2, 0.3, 0.4],
+                             "p_image": [0.1, 0.1, 0.2, 0.2],
+                             "grad_text": [1.0, None, 0.8, None],
+                             "grad_image": [0.5, None, 0.3, None]} if i == 0 else {}}
             for i, m in enumerate(models)}}))
         sweep_dir = root / f"{suite}-sweep"
         sweep_dir.mkdir()
@@ -226,7 +230,7 @@ def test_report_sections(suite6):
                   "robustness-synthetic-missing-image", "diagnostics", "sweeps"):
         assert f'<table id="{table}">' in page, table
     for figure in ("main", "significance", "signals-synthetic", "robustness", "diagnostics",
-                   "training", "sweeps"):
+                   "diagnostics-training", "training", "sweeps"):
         assert f'<figure id="fig-{figure}"><img' in page, figure
     assert "Not run for this suite" not in page
     assert page.count("<details>") == 18  # one provenance card per result
@@ -341,4 +345,4 @@ def test_html_renders_in_headless_chromium(suite6, tmp_path):
     tables = dict(t.rsplit(":", 1) for t in found["tables"])
     for table in ("main-synthetic", "significance", "signals-synthetic", "diagnostics", "sweeps"):
         assert int(tables[table]) > 1, table
-    assert len(found["images"]) == 7 and min(found["images"]) > 100
+    assert len(found["images"]) == 8 and min(found["images"]) > 100

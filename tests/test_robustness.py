@@ -129,7 +129,10 @@ def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
+        # train_candidates=all: the verdicts below were calibrated on the official losses (the
+        # content models' default "seen" leaves this 2-epoch UniSRec's text contribution at 0)
         common = ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "2",
+                  "--set", "train_candidates=all",
                   "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
                   "--no-tracking", "-q"]
         assert main(["robustness", "--drop-image", "--rates", "0,1",
@@ -229,3 +232,118 @@ def test_train_time_option_runs_a_derived_suite(tmp_path, monkeypatch):
     for model in ("mostpop", "sasrec"):  # no text read, same seed: the same accuracy
         assert (_metrics(train, model, "drop_text+train", 1.0)
                 == pytest.approx(_metrics(train, model, "drop_text+train", 0.0)))
+
+
+# -- models that read raw content themselves (VLM2Rec) ----------------------------------------
+
+def test_raw_content_perturbation_matches_the_encoder_inputs(synth):
+    """VLM2Rec's perturbed content: the same items and the same perturbed inputs as every
+    encoder sees (one implementation), images decoded only when opened."""
+    from benchmark.encoders.inputs import PerturbedImage, perturbed_content
+
+    texts = [synth.item_text(i) or None for i in range(synth.n_items)]
+    paths = [synth.image_path(i) for i in range(synth.n_items)]
+    for name in ("drop_image", "drop_text", "typos", "image_noise", "modality_swap"):
+        spec = perturbation_spec(name, 0.5, seed=3)
+        new_texts, new_images = perturbed_content(synth, spec, texts, paths)
+        modality = "text" if name in ("drop_text", "typos") else "image"
+        chosen = set(selected_items(synth.n_items, 0.5, 3).tolist())
+        reference = ItemInputs(synth, modality, spec)
+        for i in range(1, synth.n_items):
+            if modality == "text":
+                assert new_images[i] == paths[i]
+                assert new_texts[i] == (reference(i) if i in chosen else texts[i])
+                continue
+            assert new_texts[i] == texts[i]
+            if i not in chosen:
+                assert new_images[i] == paths[i]
+            elif name == "drop_image":
+                assert new_images[i] is None
+            else:
+                assert isinstance(new_images[i], PerturbedImage)
+                assert str(new_images[i]) != str(paths[i])  # its own embedder cache key
+                opened, expected = new_images[i].open(), reference(i)
+                assert (opened is None) == (expected is None)
+                if expected is not None:
+                    assert np.array_equal(np.asarray(opened), np.asarray(expected))
+    assert perturbed_content(synth, None, texts, paths) == (texts, paths)
+
+
+@pytest.fixture(scope="module")
+def vlm_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vlm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
+        common = ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "1",
+                  "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
+                  "--no-tracking", "-q", "--models", "vlm2rec,vlm2rec_sasrec"]
+        assert main(["robustness", "--drop-image", "--image-noise", "--rates", "0,1",
+                     *common]) == 0
+        assert main(["diagnose", "accuracy", *common]) == 0
+    return tmp
+
+
+def test_perturbations_reach_models_that_read_raw_content(vlm_run):
+    tmp = vlm_run
+    doc = json.loads((tmp / "results/accuracy/robustness.json").read_text())
+    assert doc["skipped"] == []
+    rows = doc["rows"]
+    summary = json.loads((tmp / "results/accuracy/summary.json").read_text())["rows"]
+    for s in summary:  # rate 0 re-encodes the clean content: the stored run's metrics
+        assert _metrics(rows, s["model"], "drop_image", 0.0) == pytest.approx(s["test"])
+    for model in ("vlm2rec", "vlm2rec_sasrec"):
+        clean = [r for r in rows if r["model"] == model and r["rate"] == 0.0][0]
+        base = np.load(tmp / "results/accuracy" / clean["ranks"])["test_ranks"]
+        for name in ("drop_image", "image_noise"):
+            (row,) = [r for r in rows if r["model"] == model and r["perturbation"] == name
+                      and r["rate"] == 1.0]
+            ranks = np.load(tmp / "results/accuracy" / row["ranks"])["test_ranks"]
+            assert not np.array_equal(ranks, base), (model, name)
+
+
+def test_raw_content_model_never_reuses_clean_embeddings(vlm_run):
+    """A trained VLM2Rec rebuilt under a perturbation gets its own table key; exactly the
+    perturbed items' embeddings change."""
+    import torch
+
+    from benchmark.encoders.inputs import selected_items
+    from benchmark.registry import get_model_spec
+    from benchmark.runner import build_model
+
+    tmp = vlm_run
+    (root,) = (tmp / "data").glob("synthetic-*")
+    data = load_dataset(root)
+    run_dir = tmp / "results/accuracy/runs/synthetic/vlm2rec/seed-0"
+    spec = get_model_spec("vlm2rec")
+    params = spec.resolve("tiny")
+    tables, keys = {}, {}
+    for label, perturbation in (("clean", None),
+                                ("noisy", perturbation_spec("image_noise", 0.5, seed=1))):
+        model = build_model(spec, params, data, tmp / "scratch", 0, "cpu", None,
+                            tmp / "cache", perturbation=perturbation)
+        model.load_trainable_state(torch.load(run_dir / "model.pt", weights_only=True))
+        keys[label], tables[label] = model.table_key(), model.item_table().numpy()
+    assert keys["clean"] != keys["noisy"]
+    changed = set(np.flatnonzero(~np.isclose(tables["clean"], tables["noisy"]).all(1)).tolist())
+    with_image = {i for i in range(1, data.n_items) if data.image_path(i) is not None}
+    assert changed == set(selected_items(data.n_items, 0.5, 1).tolist()) & with_image
+
+
+def test_diagnose_covers_models_that_read_raw_content(vlm_run):
+    tmp = vlm_run
+    doc = json.loads((tmp / "results/accuracy/diagnostics.json").read_text())
+    by_model = {e["model"]: e for e in doc["models"]}
+    assert set(by_model) == {"vlm2rec", "vlm2rec_sasrec"}
+    for e in by_model.values():
+        assert not e["verdict"].startswith("not diagnosed")
+        assert {"image_contribution", "text_contribution", "cka_image_text",
+                "cka_fused_text", "cka_fused_image", "image_effective_rank",
+                "relational_kl_image_text"} <= set(e["metrics"])
+    # VLM2Rec's per-step series: unimodal in-batch retrieval and probed gradient norms
+    training = by_model["vlm2rec"]["training"]
+    n = len(training["step"])
+    assert n > 0 and all(len(training[k]) == n for k in ("p_text", "p_image", "rho"))
+    probed = [v for v in training["grad_image"] if v is not None]
+    assert probed and all(v > 0 for v in probed)
+    assert [v is None for v in training["grad_text"]] == [v is None
+                                                          for v in training["grad_image"]]

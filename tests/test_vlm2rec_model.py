@@ -209,7 +209,7 @@ def test_sasrec_trains_the_stage_when_none_is_published(world):
     sr, _, ev = _build(world, "vlm2rec_sasrec")
     assert sr.item_embedding.frozen.abs().sum() == 0
     sr.fit(split, ev, seed=0, progress=False)
-    assert sr.item_embedding.frozen.abs().sum() > 0 and sr.stage_steps
+    assert sr.item_embedding.frozen.abs().sum() > 0 and sr.step_log
 
 
 def test_modality_dropout_at_test_time(world):

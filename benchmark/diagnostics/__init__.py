@@ -11,14 +11,18 @@ and a collapse verdict per trained model.
   (status pass for a model that declares no content modality, warn otherwise). A collapse is
   ``fail`` for a model given both modalities and ``warn`` for one given a single modality by
   design.
-- **Topology agreement** of the image and text item features a model reads: linear CKA
-  (Kornblith et al. 2019) and the symmetric KL of relational distributions (the CRTR loss of
-  :mod:`methods.vlm2rec.losses`).
-- **Embedding health** of each feature table: effective rank (Roy & Vetterli 2007), and the
-  alignment and uniformity of Wang & Isola (2020).
-
-Per-modality gradient norms and unimodal retrieval over training are VLM2Rec's (its
-``grad_probe_every``); TODO: copy its recorded series into ``series`` when its runs store them.
+- **Topology agreement** of a model's image-only and text-only item representations (the
+  content features it declares, or its own unimodal tables, ``model.modality_tables()``, for a
+  model that reads raw content such as VLM2Rec): linear CKA (Kornblith et al. 2019) and the
+  symmetric KL of relational distributions (the CRTR loss of :mod:`methods.vlm2rec.losses`).
+- **Structure contribution**: linear CKA between the model's fused item table (the one it
+  scores with) and each modality's table: how much of its similarity structure each explains.
+- **Embedding health** of each table: effective rank (Roy & Vetterli 2007), and the alignment
+  and uniformity of Wang & Isola (2020).
+- **Training series** of a model that records per-step diagnostics (VLM2Rec, its run's
+  ``train_steps.json``): the in-batch unimodal retrieval probabilities ``p_text`` / ``p_image``,
+  ``rho``, ``beta``, and the per-modality gradient norms ``grad_text`` / ``grad_image`` on the
+  steps that measured them (``grad_probe_every``).
 """
 
 from __future__ import annotations
@@ -119,10 +123,18 @@ def collapse_verdict(clean: float, no_image: float, no_text: float,
     return verdict, "warn", metrics
 
 
-def feature_diagnostics(features: dict, max_items: int = 2000) -> dict[str, float]:
-    """Topology agreement and health of a model's image and text feature tables."""
+def feature_diagnostics(features: dict, max_items: int = 2000,
+                        fused: np.ndarray | None = None) -> dict[str, float]:
+    """Topology agreement and health of a model's image and text item tables
+    (``ModalityFeatures``); with the model's ``fused`` item table (rows by item id), the CKA of
+    that table with each modality's (``cka_fused_<m>``, on the items that have the modality)."""
     out: dict[str, float] = {}
     tables = {m: f for m, f in features.items() if m in ("image", "text")}
+    if fused is not None:
+        for m, f in tables.items():
+            rows = np.flatnonzero(f.present)[:max_items]
+            if len(rows) >= 3:
+                out[f"cka_fused_{m}"] = linear_cka(fused[rows], f.values[rows])
     for m, f in tables.items():
         x = f.values[f.present][:max_items]
         if len(x) >= 2:
@@ -148,22 +160,84 @@ def _lookup(rows: list[dict], key: tuple, perturbation: str, rate: float,
     return hits[-1] if hits else None
 
 
-def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
-    """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts and the
-    feature diagnostics of every run of a suite; writes ``<suite>/diagnostics.json``."""
+#: the per-step training diagnostics copied from a run's ``train_steps.json``
+TRAINING_SERIES = ("p_text", "p_image", "rho", "beta", "grad_text", "grad_image")
+
+
+def training_series(run_dir) -> dict[str, list]:
+    """``{"step": [...], name: [value or None, ...]}`` from a run's per-step log ({} if none)."""
+    from ..io import read_json
+    from ..runner import STEPS_FILE
+
+    path = run_dir / STEPS_FILE
+    if not path.is_file():
+        return {}
+    steps = read_json(path)["steps"]
+    out = {"step": [int(r["step"]) for r in steps]}
+    for name in TRAINING_SERIES:
+        values = [r.get(name) for r in steps]
+        values = [float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+                  for v in values]
+        if any(v is not None for v in values):
+            out[name] = values
+    return out if len(out) > 1 else {}
+
+
+def model_tables(suite, prep, model_name: str, seed: int, opts) -> dict[str, float]:
+    """Topology, structure and health measures of a trained run's item tables: its declared
+    content features, or its own unimodal tables (``modality_tables()``), against the fused
+    item table it scores with."""
+    import torch
+
     from ..encoders import prepare_features
     from ..registry import get_model_spec
-    from ..robustness import run_robustness
-    from ..runner import default_cache_dir, prepare_dataset
+    from ..robustness import load_trained
+    from ..runner import default_cache_dir
+
+    mspec = get_model_spec(model_name)
+    if not (mspec.features or hasattr(mspec.load(), "modality_tables")):
+        return {}
+    model, _ = load_trained(suite, prep, model_name, seed, None, opts)
+    with torch.no_grad():
+        if hasattr(model, "modality_tables"):
+            tables = model.modality_tables()
+        else:
+            params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
+            tables = prepare_features(prep.data, prep.split,
+                                      {m: params[p] for m, p in mspec.features.items()},
+                                      opts.cache_dir or default_cache_dir(),
+                                      device=opts.device, seed=seed)
+        fused = fused_item_table(model)
+    return feature_diagnostics(tables, fused=fused)
+
+
+def fused_item_table(model) -> np.ndarray | None:
+    """The (n_items, d) item table a model scores with (``item_table()`` or its item
+    embedding's weight), or None when it has neither."""
+    if callable(getattr(model, "item_table", None)):
+        table = model.item_table()
+    elif hasattr(getattr(model, "item_embedding", None), "weight"):
+        table = model.item_embedding.weight
+    else:
+        return None
+    return table.detach().float().cpu().numpy()
+
+
+def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
+    """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts, the
+    table measures and training series of every run of a suite; writes
+    ``<suite>/diagnostics.json``."""
+    from ..registry import get_model_spec
+    from ..robustness import run_folder, run_robustness
+    from ..runner import prepare_dataset
 
     out = run_robustness(suite, ["drop_image", "drop_text"], [0.0, 1.0], opts)
     rows = out["rows"]
     entries = []
     for entry in suite.datasets:
-        prep = None
+        prep = prepare_dataset(entry, suite, opts)
         for model_name in suite.models:
             mspec = get_model_spec(model_name)
-            feats: dict[str, float] | None = None
             for seed in suite.seeds:
                 key = (entry.label, model_name, seed)
                 clean, no_img, no_txt = (_lookup(rows, key, "drop_image", 0.0, metric),
@@ -172,26 +246,20 @@ def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESH
                 if None in (clean, no_img, no_txt):
                     entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
                                     "status": "warn", "metrics": {}, "series": {},
-                                    "verdict": "not diagnosed: the model reads its content "
-                                               "itself (see robustness.json 'skipped')"})
+                                    "verdict": "not diagnosed: perturbations do not reach "
+                                               "this model (see robustness.json 'skipped')"})
                     continue
                 verdict, status, metrics = collapse_verdict(clean, no_img, no_txt,
                                                             mspec.modalities, threshold)
-                if mspec.features:
-                    if prep is None:
-                        prep = prepare_dataset(entry, suite, opts)
-                    params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
-                    request = {m: params[p] for m, p in mspec.features.items()}
-                    features = prepare_features(prep.data, prep.split, request,
-                                                opts.cache_dir or default_cache_dir(),
-                                                device=opts.device, seed=seed)
-                    feats = feature_diagnostics(features)
+                tables = model_tables(suite, prep, model_name, seed, opts)
                 metrics = {**{f"{k}_{metric}" if k in ("clean", "no_image", "no_text") else k: v
-                              for k, v in metrics.items()}, **(feats or {})}
+                              for k, v in metrics.items()}, **tables}
+                run_dir = run_folder(suite, prep, model_name, seed, opts)
                 entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
                                 "status": status, "verdict": verdict, "metrics": metrics,
                                 "series": {f"test {metric} (both, no image, no text)":
-                                           [clean, no_img, no_txt]}})
+                                           [clean, no_img, no_txt]},
+                                "training": training_series(run_dir)})
     path = opts.results_dir / suite.name / "diagnostics.json"
     doc = {"suite": suite.name, "step": "condition", "metric": metric, "threshold": threshold,
            "models": entries}

@@ -167,6 +167,13 @@ def load_image(path: Path | None) -> tuple[Any, str | None]:
     return (None, problem) if image is None else (image.convert("RGB"), None)
 
 
+def perturbed(spec: dict, data: Dataset, item: int, value: Any) -> Any:
+    """The perturbation ``spec`` applied to one item's clean input (an RGB image or a text);
+    None when it removes the input. The caller checks the item is selected."""
+    rng = np.random.default_rng([int(spec.get("seed", 0)), item])
+    return PERTURBATIONS[spec["name"]].apply(value, rng, spec, Context(data, item))
+
+
 class ItemInputs:
     """Loads one modality's input of each item, applies the perturbation and records why
     inputs are missing (``reasons``: reason -> count)."""
@@ -187,11 +194,48 @@ class ItemInputs:
         else:
             value, reason = load_image(self.data.image_path(item))
         if value is not None and item in self.selected:
-            params = self.perturbation
-            rng = np.random.default_rng([int(params.get("seed", 0)), item])
-            value = PERTURBATIONS[params["name"]].apply(value, rng, params,
-                                                        Context(self.data, item))
+            value = perturbed(self.perturbation, self.data, item, value)
             reason = DROPPED if value is None else None
         if reason is not None:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
         return value
+
+
+@dataclass(frozen=True, eq=False)
+class PerturbedImage:
+    """An item's image under a perturbation, decoded and perturbed only when opened: for an
+    encoder that reads image files itself (VLM2Rec) and caches what it encoded by ``str()``."""
+
+    path: Path
+    spec: dict
+    data: Dataset
+    item: int
+
+    def __str__(self) -> str:
+        params = ",".join(f"{k}={self.spec[k]}" for k in sorted(self.spec))
+        return f"{self.path}#perturbed[{params}]"
+
+    def open(self) -> Any:
+        """The perturbed RGB image, or None (unreadable file, or removed by the perturbation)."""
+        image, _ = load_image(self.path)
+        return None if image is None else perturbed(self.spec, self.data, self.item, image)
+
+
+def perturbed_content(data: Dataset, spec: dict | None, texts: list, images: list
+                      ) -> tuple[list, list]:
+    """Per-item raw content (texts, image paths; index = item id) under a perturbation, for a
+    model that reads raw content itself: a selected item's text is perturbed now (cheap), its
+    image becomes a :class:`PerturbedImage` (None when the perturbation drops it)."""
+    check_perturbation(spec)
+    if spec is None:
+        return texts, images
+    texts, images = list(texts), list(images)
+    chosen = selected_items(data.n_items, spec.get("rate", 0.0), spec.get("seed", 0)).tolist()
+    modalities = target_modalities(spec)
+    for item in chosen:
+        if "text" in modalities and texts[item]:
+            texts[item] = perturbed(spec, data, item, texts[item])
+        if "image" in modalities and images[item] is not None:
+            dropped = PERTURBATIONS[spec["name"]].apply is _drop
+            images[item] = None if dropped else PerturbedImage(images[item], spec, data, item)
+    return texts, images

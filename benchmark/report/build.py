@@ -431,7 +431,36 @@ def _diagnostics(ctx: _Ctx) -> Section:
         blocks.append(Figure("diagnostics", plots.line_panels(
             panels, str(data.get("step", "step")), "value", False, integer_x=True),
             "Per-step diagnostic series of each model."))
+    training = _training_series_panels(entries)
+    if training:
+        blocks.append(Figure("diagnostics-training", plots.line_panels(
+            training, "training step", "value", False, integer_x=True),
+            "Recorded during training (first seed of each model): in-batch unimodal retrieval "
+            "probabilities p_text / p_image, and per-modality gradient norms on the shared "
+            "trainable parameters, each branch's loss back-propagated separately."))
     return Section("diagnostics", title, blocks + _training_curves(ctx))
+
+
+def _training_series_panels(entries: list[dict]) -> list:
+    """Two panels per (dataset, model) with training series, from its first seed's entry:
+    unimodal retrieval (p_text, p_image) and gradient norms (grad_text, grad_image)."""
+    panels, seen = [], set()
+    for e in entries:
+        t = e.get("training") or {}
+        key = (e.get("dataset"), e["model"])
+        if not t or key in seen:
+            continue
+        seen.add(key)
+        for what, names in (("unimodal retrieval", ("p_text", "p_image")),
+                            ("gradient norm", ("grad_text", "grad_image"))):
+            series = []
+            for name in names:
+                pts = [(x, y) for x, y in zip(t["step"], t.get(name, ())) if y is not None]
+                if pts:
+                    series.append(plots.Series(name, [x for x, _ in pts], [y for _, y in pts]))
+            if series:
+                panels.append(plots.Panel(f"{e['model']} ({e.get('dataset')}): {what}", series))
+    return panels
 
 
 def _sweeps(ctx: _Ctx) -> Section:

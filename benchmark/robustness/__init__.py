@@ -54,7 +54,7 @@ def unsupported(spec, name: str) -> str | None:
     if name not in PERTURBATIONS:
         raise ConfigError(f"unknown perturbation {name!r}")
     raw = [m for m in target_modalities({"name": name})
-           if m in spec.modalities and m not in spec.features]
+           if m in spec.modalities and m not in spec.features and not spec.raw_content]
     if raw:
         return (f"{spec.name} reads its {'/'.join(raw)} input itself (no declared features); "
                 "input perturbations do not reach it yet")
@@ -87,11 +87,9 @@ def load_weights(model, path: Path, device: str) -> list[str]:
     return []
 
 
-def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dict | None,
-                       opts):
-    """Test-time evaluation of a trained run under a perturbation spec (None: clean):
-    (the test :class:`~benchmark.evaluation.EvalResult`, keys left at initialisation)."""
-    from ..evaluation import Evaluator
+def load_trained(suite: Suite, prep, model_name: str, seed: int, spec: dict | None, opts):
+    """A trained run's model rebuilt on (perturbed, when ``spec`` is given) content with its
+    stored weights, in eval mode: (model, keys left at initialisation)."""
     from ..registry import get_model_spec
     from ..runner import build_model
 
@@ -101,6 +99,18 @@ def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dic
     model = build_model(mspec, params, prep.data, run_dir, seed, opts.device, prep.split,
                         opts.cache_dir, False, perturbation=spec)
     fresh = load_weights(model, run_dir / "model.pt", opts.device)
+    return model.eval(), fresh
+
+
+def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dict | None,
+                       opts):
+    """Test-time evaluation of a trained run under a perturbation spec (None: clean):
+    (the test :class:`~benchmark.evaluation.EvalResult`, keys left at initialisation)."""
+    from ..evaluation import Evaluator
+    from ..registry import get_model_spec
+
+    params = get_model_spec(model_name).resolve(suite.preset, suite.model_overrides(model_name))
+    model, fresh = load_trained(suite, prep, model_name, seed, spec, opts)
     ev = suite.evaluation
     evaluator = Evaluator(prep.split, prep.data.n_items, params.get("MAX_ITEM_LIST_LENGTH", 50),
                           mode=ev["mode"], n_negatives=ev.get("n_negatives", 100),
@@ -116,7 +126,6 @@ def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dic
             {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
         ).to(opts.device))
 
-    model.eval()
     return evaluator.evaluate(score, "test"), fresh
 
 
@@ -199,10 +208,12 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                     clean = None
                     for name in perturbations:
                         why = unsupported(mspec, name)
-                        if why:
-                            skipped.append({"dataset": entry.label, "model": model_name,
-                                            "seed": s, "perturbation": name, "reason": why})
-                            log.warning("robustness: skip %s", why)
+                        if why:  # once per (dataset, model, perturbation), not per seed
+                            skip = {"dataset": entry.label, "model": model_name,
+                                    "perturbation": name, "reason": why}
+                            if skip not in skipped:
+                                skipped.append(skip)
+                                log.warning("robustness: skip %s", why)
                             continue
                         for rate in rates:
                             key = (entry.label, model_name, s, name, rate, seed, run_hash)

@@ -55,7 +55,8 @@ class ItemContent:
     """One item's raw content."""
 
     text: str | None = None  # None or blank: missing text
-    image: Path | None = None  # None, missing or unreadable file: missing image
+    image: Any = None  # a Path (None, missing or unreadable file: missing image), or an
+    # object with open() -> RGB image or None (a perturbed image)
 
 
 @dataclass
@@ -514,33 +515,31 @@ class VLMEmbedder(nn.Module):
                 cache.popitem(last=False)
         return [cache[t] if t else None for t in raw]
 
-    def _images(self, paths: list[Path | None]) -> list[Any]:
-        """Per-image vision-tower outputs (LRU-cached by path: the tower is frozen); None where
-        the image is missing or unreadable (``benchmark.data.dataset.check_image``)."""
-        from PIL import Image
-
-        from benchmark.data.dataset import check_image
-
+    def _images(self, images: list[Any]) -> list[Any]:
+        """Per-image vision-tower outputs (LRU-cached by ``str(image)``: the tower is frozen);
+        None where the image is missing or unreadable (``benchmark.data.dataset.check_image``).
+        An image is a file path, or an object with ``open()`` returning an RGB PIL image or
+        None (a perturbed image, ``benchmark.encoders.inputs.PerturbedImage``)."""
         cache = self._image_cache
-        todo = list(dict.fromkeys(str(p) for p in paths if p is not None and str(p) not in cache))
-        readable = []
-        for key in todo:
-            if check_image(Path(key)) is None:
-                readable.append(key)
-            else:
-                self._cache_put(key, None)
-        for s in range(0, len(readable), _VISION_CHUNK):
-            keys = readable[s : s + _VISION_CHUNK]
-            loaded = []
-            for key in keys:
-                with Image.open(key) as img:
-                    loaded.append(img.convert("RGB"))
+        todo = list(dict.fromkeys(str(p) for p in images if p is not None and str(p) not in cache))
+        sources = {str(p): p for p in images if p is not None}
+        for s in range(0, len(todo), _VISION_CHUNK):
+            keys, loaded = [], []
+            for key in todo[s : s + _VISION_CHUNK]:
+                image = _open_rgb(sources[key])
+                if image is None:
+                    self._cache_put(key, None)
+                else:
+                    keys.append(key)
+                    loaded.append(image)
+            if not loaded:
+                continue
             with torch.no_grad():
                 feats = self.family.encode_images(self._core, self.family.preprocess(loaded))
             for key, feat in zip(keys, feats):
                 self._cache_put(key, feat)
         out = []
-        for p in paths:
+        for p in images:
             if p is None:
                 out.append(None)
                 continue
@@ -679,6 +678,15 @@ class VLMEmbedder(nn.Module):
     def forward(self, items: list[ItemContent]) -> Branches:
         """Same as ``encode_items``."""
         return self.encode_items(items)
+
+
+def _open_rgb(image: Any) -> Any:
+    """An RGB PIL image from a path (None if missing or unreadable) or an ``open()``-able."""
+    if not isinstance(image, (str, Path)):
+        return image.open()
+    from benchmark.encoders.inputs import load_image
+
+    return load_image(Path(image))[0]
 
 
 def _nbytes(payload: Any) -> int:

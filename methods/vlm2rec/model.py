@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 STAGE_VERSION = 1  # bump when training or encoding changes what a stage computes
 TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm)")
-TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
+TINY_SEED = 0
+STAGE_ADAPTER = "adapter.pt"  # a vlm2rec_sasrec run's copy of its VLM2Rec stage's adapter  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -101,12 +102,17 @@ def item_text(data, item: int) -> str | None:
     return ". ".join(parts) or None
 
 
-def item_contents(data) -> list:
-    """Raw content of every item (index 0, padding, is empty)."""
+def item_contents(data, perturbation: dict | None = None) -> list:
+    """Raw content of every item (index 0, padding, is empty), under an input perturbation
+    (a spec of ``benchmark.encoders.inputs``: the same items and draws as for every model)."""
+    from benchmark.encoders.inputs import perturbed_content
+
     from .embedder import ItemContent
 
-    return [ItemContent(text=item_text(data, i), image=data.image_path(i))
-            for i in range(data.n_items)]
+    texts, images = perturbed_content(data, perturbation,
+                                      [item_text(data, i) for i in range(data.n_items)],
+                                      [data.image_path(i) for i in range(data.n_items)])
+    return [ItemContent(text=t, image=im) for t, im in zip(texts, images)]
 
 
 def tensor_hash(state: dict[str, torch.Tensor]) -> str:
@@ -138,13 +144,18 @@ def embed_dtype(params: dict, device) -> str:
     return "bfloat16" if params["bf16"] and cuda and torch.cuda.is_bf16_supported() else "float32"
 
 
-def encoding_settings(params: dict, vlm_path: Path, data, device) -> dict:
-    """What, besides the adapter, decides the embeddings: backbone, prompts, precision, data."""
+def encoding_settings(params: dict, vlm_path: Path, data, device,
+                      perturbation: dict | None = None) -> dict:
+    """What, besides the adapter, decides the embeddings: backbone, prompts, precision, data,
+    and the input perturbation (absent when clean, so clean keys do not change)."""
     from benchmark.encoders.checkpoints import checkpoint_hash
 
-    return {"vlm": checkpoint_hash(vlm_path), "dtype": embed_dtype(params, device),
-            "dataset": data.content_hash,
-            **{k: params[k] for k in ("fusion", "max_text_tokens", "image_size", "history_len")}}
+    out = {"vlm": checkpoint_hash(vlm_path), "dtype": embed_dtype(params, device),
+           "dataset": data.content_hash,
+           **{k: params[k] for k in ("fusion", "max_text_tokens", "image_size", "history_len")}}
+    if perturbation is not None:
+        out["perturbation"] = perturbation
+    return out
 
 
 def stage_key(params: dict, encoding: dict, seed: int, split, evaluator) -> str:
@@ -268,8 +279,12 @@ class VLM2Rec(SequentialRecommender):
         # unimodal branches: always with external fusion; with internal fusion only when a
         # term needs them (they cost two more forward passes)
         self.unimodal = config["fusion"] == "external" or config["wpcl"] or config["crtr"]
-        self.encoding = encoding_settings(self.params, self.vlm_path, self.data, config["device"])
-        self.contents = item_contents(self.data)
+        # an input perturbation (bench robustness) reaches the raw content read here; it is
+        # part of the encoding key, so no clean table or stage is reused for perturbed content
+        self.perturbation = config["perturbation"]
+        self.encoding = encoding_settings(self.params, self.vlm_path, self.data, config["device"],
+                                          self.perturbation)
+        self.contents = item_contents(self.data, self.perturbation)
         self.input_modalities: tuple[str, ...] = MODALITIES
         self.probe_grads = False  # set by the trainer on the steps that measure gradients
         self.step_log: list[dict] = []
@@ -427,6 +442,34 @@ class VLM2Rec(SequentialRecommender):
         return torch.cat(rows)
 
     @torch.no_grad()
+    def modality_tables(self) -> dict:
+        """The text-only and image-only item embeddings (L2-normalised, zero rows where the
+        modality is missing) as ``benchmark.features.ModalityFeatures``, for the diagnostics'
+        topology and health measures."""
+        from benchmark.features import ModalityFeatures
+
+        was_training = self.training
+        self.eval()
+        parts: dict[str, list] = {m: [] for m in MODALITIES}
+        bs = int(self.config["eval_batch_size"])
+        for start in range(1, self.n_items, bs):
+            b = self.embedder.encode_items(
+                [self.content(i) for i in range(start, min(start + bs, self.n_items))],
+                unimodal=True)
+            for m in MODALITIES:
+                parts[m].append((F.normalize(getattr(b, m).float(), dim=-1).cpu(),
+                                 getattr(b, f"{m}_present").cpu()))
+        self.train(was_training)
+        out = {}
+        for m, chunks in parts.items():
+            values = torch.cat([torch.zeros(1, self.embedder.dim)] + [v for v, _ in chunks])
+            present = torch.cat([torch.zeros(1, dtype=torch.bool)] + [p for _, p in chunks])
+            values[~present] = 0.0
+            out[m] = ModalityFeatures(values.numpy(), present.numpy(),
+                                      encoder=f"vlm2rec {m} branch")
+        return out
+
+    @torch.no_grad()
     def score(self, users: torch.Tensor, item_seq: torch.Tensor,
               lens: torch.Tensor) -> torch.Tensor:
         """(B, n_items) cosine scores of each user against every item; column 0 is -inf."""
@@ -508,8 +551,7 @@ class VLM2RecSASRec(SASRec):
         self.params = registry_params(self.REGISTRY_NAME, config)
         self.data = dataset.data
         self.cache_dir = cache_root(config)
-        self.stage_params = get_model_spec("vlm2rec").resolve(
-            config["stage1_preset"] or None, config["stage1_overrides"] or {})
+        self.stage_params = get_model_spec(self.REGISTRY_NAME).stage_params(self.params)
         self.vlm_path = resolve_vlm(self.stage_params["vlm"], self.data, self.cache_dir)
         from transformers import AutoConfig
 
@@ -519,7 +561,19 @@ class VLM2RecSASRec(SASRec):
                                            config["hidden_dropout_prob"])
         self.item_embedding.apply(self._init_weights)
         self.stage_key: str | None = None
-        self.stage_steps: list[dict] = []
+        self.step_log: list[dict] = []
+        self.perturbation = config["perturbation"]
+        self.run_stage_dir = Path(config["checkpoint_dir"]).parent / "vlm2rec-stage"
+        if self.perturbation is not None and self.run_stage_dir.joinpath(STAGE_ADAPTER).is_file():
+            # a trained run evaluated under perturbed content: its stage's adapter re-encodes
+            # the items, and the stored (clean) table must not overwrite that
+            self.content_buffers = ("item_embedding.frozen",)
+            self.set_item_table(self.encode_with_stage_adapter(config["seed"]))
+        elif self.perturbation is not None and self.run_stage_dir.parent.joinpath(
+                "result.json").is_file():
+            raise ConfigError(f"{self.run_stage_dir.parent}: this run stored no VLM2Rec stage "
+                              "adapter (it predates them); rerun it (bench run --no-resume) to "
+                              "evaluate it under perturbations")
 
     def set_item_table(self, table: torch.Tensor) -> None:
         if table.shape != self.item_embedding.frozen.shape:
@@ -539,6 +593,10 @@ class VLM2RecSASRec(SASRec):
         with preserved_rng():  # a cached and a fresh stage leave the same random state
             self.set_item_table(self.stage_table(split, evaluator, seed, run_dir / "vlm2rec-stage",
                                                  resume, progress, on_step))
+        if _rank() == 0:  # the run keeps its stage's adapter: robustness re-encodes with it
+            adapter = StageStore(self.cache_dir, self.stage_key).adapter()
+            atomic_write(run_dir / "vlm2rec-stage" / STAGE_ADAPTER,
+                         lambda path: torch.save(adapter, path))
         trainer = Trainer(self, self.params, split, evaluator, seed, str(device), checkpoint,
                           progress=progress, on_epoch=on_epoch)
         return trainer.fit(resume=resume)
@@ -564,22 +622,43 @@ class VLM2RecSASRec(SASRec):
                        case_labels=evaluator.case_labels,
                        exclude_history=evaluator.exclude_history)
         device = self.item_embedding.frozen.device
-        encoding = encoding_settings(p, self.vlm_path, self.data, device)
+        encoding = encoding_settings(p, self.vlm_path, self.data, device, self.perturbation)
         store = StageStore(self.cache_dir, stage_key(p, encoding, seed, split, ev))
         self.stage_key = store.key
         if store.done():  # the table on disk: no need to load the backbone at all
             record = store.read()
             table = load_table(table_path(self.cache_dir, record["table_key"]))
             if table is not None:
-                self.stage_steps = record["steps"]
+                self.step_log = record["steps"]
                 return table
         model = build_model(get_model_spec("vlm2rec"), p, self.data, stage_dir, seed,
-                            str(device), split, self.cache_dir)
+                            str(device), split, self.cache_dir, perturbation=self.perturbation)
         checkpoint = stage_dir / "checkpoint.pt"
         model.fit(split, ev, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
                   on_step=on_step)
-        self.stage_steps = model.step_log
+        self.step_log = model.step_log
         table = model.item_table().detach().cpu()
         if checkpoint.exists() and _rank() == 0:
             checkpoint.unlink()
         return table
+
+    def stage_model(self, seed: int) -> VLM2Rec:
+        """This run's VLM2Rec stage (its stored adapter) on this model's content (perturbed
+        when a perturbation is set)."""
+        from benchmark.registry import get_model_spec
+        from benchmark.runner import build_model
+
+        device = str(self.config["device"])
+        model = build_model(get_model_spec("vlm2rec"), self.stage_params, self.data,
+                            self.run_stage_dir, seed, device, None, self.cache_dir,
+                            perturbation=self.perturbation)
+        model.load_trainable_state(torch.load(self.run_stage_dir / STAGE_ADAPTER,
+                                              map_location=device, weights_only=True))
+        return model.eval()
+
+    def encode_with_stage_adapter(self, seed: int) -> torch.Tensor:
+        return self.stage_model(seed).item_table().detach().cpu()
+
+    def modality_tables(self) -> dict:
+        """The stage's unimodal item tables (see :meth:`VLM2Rec.modality_tables`)."""
+        return self.stage_model(self.config["seed"]).modality_tables()

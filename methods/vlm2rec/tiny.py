@@ -321,6 +321,9 @@ def benchmark(
 
     from .embedder import ItemContent, VLMEmbedder
 
+    if n_items < 2 * train_batch:
+        raise ValueError(f"--items must be at least 2 x the training batch ({2 * train_batch}): "
+                         "one warm-up step and one timed step")
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     root = Path(work_dir or tempfile.mkdtemp(prefix="vlm2rec_bench_"))
@@ -370,7 +373,7 @@ def benchmark(
         users = timed(run_users)
     emb.train()
     opt = torch.optim.AdamW(emb.trainable_parameters(), lr=1e-4)
-    target = torch.arange(train_batch)
+    target = torch.arange(train_batch, device=device)  # on the logits' device
 
     def step(k: int) -> None:  # in-batch InfoNCE on cosine scores, as in the spec's L_CL
         sl = slice(k * train_batch, (k + 1) * train_batch)
