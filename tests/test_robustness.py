@@ -292,7 +292,7 @@ def test_perturbations_reach_models_that_read_raw_content(vlm_run):
     for s in summary:  # rate 0 re-encodes the clean content: the stored run's metrics
         assert _metrics(rows, s["model"], "drop_image", 0.0) == pytest.approx(s["test"])
     for model in ("vlm2rec", "vlm2rec_sasrec"):
-        clean = [r for r in rows if r["model"] == model and r["rate"] == 0.0][0]
+        clean = next(r for r in rows if r["model"] == model and r["rate"] == 0.0)
         base = np.load(tmp / "results/accuracy" / clean["ranks"])["test_ranks"]
         for name in ("drop_image", "image_noise"):
             (row,) = [r for r in rows if r["model"] == model and r["perturbation"] == name
