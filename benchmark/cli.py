@@ -282,6 +282,8 @@ def cmd_diagnose(args) -> int:
     suite = _suite_from_args(args)
     out = run_diagnostics(suite, _options(args), threshold=args.threshold)
     print(f"\ndiagnostics {suite.name}: {out['path']}")
+    for plot in out["plots"]:
+        print(f"  plot: {plot}")
     for e in out["models"]:
         print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: [{e['status']}] {e['verdict']}")
     return 0

@@ -347,3 +347,6 @@ def test_diagnose_covers_models_that_read_raw_content(vlm_run):
     assert probed and all(v > 0 for v in probed)
     assert [v is None for v in training["grad_text"]] == [v is None
                                                           for v in training["grad_image"]]
+    for name in ("diagnostics", "diagnostics-training"):  # the plots bench diagnose writes
+        png = tmp / "results/accuracy/diagnostics" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -264,4 +264,18 @@ def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESH
     doc = {"suite": suite.name, "step": "condition", "metric": metric, "threshold": threshold,
            "models": entries}
     atomic_write_json(path, doc)
-    return {**doc, "path": path}
+    return {**doc, "path": path, "plots": write_plots(doc, path.parent / "diagnostics")}
+
+
+def write_plots(doc: dict, folder) -> list:
+    """The diagnostics figures of the report (:func:`benchmark.report.build.diagnostics_figures`)
+    as PNG files in ``folder``; returns their paths."""
+    from ..io import atomic_write
+    from ..report.build import diagnostics_figures
+
+    paths = []
+    for name, png in diagnostics_figures(doc).items():
+        path = folder / f"{name}.png"
+        atomic_write(path, lambda tmp, png=png: tmp.write_bytes(png))
+        paths.append(path)
+    return paths

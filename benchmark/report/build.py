@@ -411,34 +411,50 @@ def _diagnostics(ctx: _Ctx) -> Section:
     if data is None:
         return Section("diagnostics", title, [_missing("diagnostics", "diagnostics.json", ctx),
                                               *_training_curves(ctx)])
-    entries = data["models"]
-    rows, panels = [], []
-    for e in entries:
+    rows = []
+    for e in data["models"]:
         where = " / ".join(str(e[k]) for k in ("dataset", "seed") if k in e)
         metrics = "; ".join(f"{k}={_num(v)}" for k, v in sorted(e.get("metrics", {}).items()))
         status = str(e.get("status", ""))
         rows.append([Cell(str(e["model"])), Cell(where), Cell(status, status == "fail"),
                      Cell(str(e["verdict"])), Cell(metrics)])
-        series = [plots.Series(k, list(range(len(v))), v) for k, v in e.get("series", {}).items()]
-        if series:
-            panels.append(plots.Panel(f"{e['model']} ({where})" if where else str(e["model"]),
-                                      series))
     blocks: list = [("Verdicts and measures of each model's use of its modalities (from "
                     "`diagnostics.json`)."),
                     Table("diagnostics", "Diagnostics verdicts",
                           ["model", "dataset / seed", "status", "verdict", "measures"], rows)]
-    if panels:
-        blocks.append(Figure("diagnostics", plots.line_panels(
-            panels, str(data.get("step", "step")), "value", False, integer_x=True),
-            "Per-step diagnostic series of each model."))
-    training = _training_series_panels(entries)
-    if training:
-        blocks.append(Figure("diagnostics-training", plots.line_panels(
-            training, "training step", "value", False, integer_x=True),
+    figures = diagnostics_figures(data)
+    if "diagnostics" in figures:
+        blocks.append(Figure("diagnostics", figures["diagnostics"],
+                             "Per-step diagnostic series of each model."))
+    if "diagnostics-training" in figures:
+        blocks.append(Figure("diagnostics-training", figures["diagnostics-training"],
             "Recorded during training (first seed of each model): in-batch unimodal retrieval "
             "probabilities p_text / p_image, and per-modality gradient norms on the shared "
             "trainable parameters, each branch's loss back-propagated separately."))
     return Section("diagnostics", title, blocks + _training_curves(ctx))
+
+
+def diagnostics_figures(data: dict) -> dict[str, bytes]:
+    """The figures of a ``diagnostics.json`` document (name -> PNG bytes): ``diagnostics``
+    (each entry's ``series``) and ``diagnostics-training`` (the training series); a figure
+    without data is absent. Shared by the report and ``bench diagnose``."""
+    entries = data["models"]  # a list (the report's loader turns the {name: entry} form into one)
+    panels = []
+    for e in entries:
+        where = " / ".join(str(e[k]) for k in ("dataset", "seed") if k in e)
+        series = [plots.Series(k, list(range(len(v))), v) for k, v in e.get("series", {}).items()]
+        if series:
+            panels.append(plots.Panel(f"{e['model']} ({where})" if where else str(e["model"]),
+                                      series))
+    out = {}
+    if panels:
+        out["diagnostics"] = plots.line_panels(panels, str(data.get("step", "step")), "value",
+                                               False, integer_x=True)
+    training = _training_series_panels(entries)
+    if training:
+        out["diagnostics-training"] = plots.line_panels(training, "training step", "value",
+                                                        False, integer_x=True)
+    return out
 
 
 def _training_series_panels(entries: list[dict]) -> list:
