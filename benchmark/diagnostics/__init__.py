@@ -105,20 +105,20 @@ def collapse_verdict(clean: float, no_image: float, no_text: float,
     c_img, c_txt = contribution(clean, no_image), contribution(clean, no_text)
     metrics = {"clean": clean, "no_image": no_image, "no_text": no_text,
                "image_contribution": c_img, "text_contribution": c_txt}
-    pct = f"{threshold:.0%}"
+    pct = f"{threshold * 100:g}%"
     if c_img >= threshold and c_txt >= threshold:
-        return (f"uses both modalities (image {c_img:.0%}, text {c_txt:.0%} of the accuracy)",
+        return (f"uses both modalities (image {c_img:.1%}, text {c_txt:.1%} of the accuracy)",
                 "pass", metrics)
     for kept, lost, c_lost in (("text", "image", c_img), ("image", "text", c_txt)):
         other = c_txt if kept == "text" else c_img
         if c_lost < threshold <= other:
             status = "fail" if lost in declared else "warn"
-            verdict = (f"collapsed onto {kept}: {lost} contributes {c_lost:.0%} of the "
+            verdict = (f"collapsed onto {kept}: {lost} contributes {c_lost:.1%} of the "
                        f"accuracy (under {pct})")
             return verdict, status, metrics
     if not declared:
         return "reads no content: neither modality contributes", "pass", metrics
-    verdict = (f"content ignored: neither image ({c_img:.0%}) nor text ({c_txt:.0%}) "
+    verdict = (f"content ignored: neither image ({c_img:.1%}) nor text ({c_txt:.1%}) "
                f"contributes {pct}")
     return verdict, "warn", metrics
 

@@ -475,7 +475,7 @@ def _training_series_panels(entries: list[dict]) -> list:
                 if pts:
                     series.append(plots.Series(name, [x for x, _ in pts], [y for _, y in pts]))
             if series:
-                panels.append(plots.Panel(f"{e['model']} ({e.get('dataset')}): {what}", series))
+                panels.append(plots.Panel(f"{e['model']} ({e.get('dataset')})\n{what}", series))
     return panels
 
 
