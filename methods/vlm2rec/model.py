@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 STAGE_VERSION = 1  # bump when training or encoding changes what a stage computes
 TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm)")
-TINY_SEED = 0
-STAGE_ADAPTER = "adapter.pt"  # a vlm2rec_sasrec run's copy of its VLM2Rec stage's adapter  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
+TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
+STAGE_ADAPTER = "adapter.pt"  # a vlm2rec_sasrec run's copy of its VLM2Rec stage's adapter
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -572,8 +572,8 @@ class VLM2RecSASRec(SASRec):
         elif self.perturbation is not None and self.run_stage_dir.parent.joinpath(
                 "result.json").is_file():
             raise ConfigError(f"{self.run_stage_dir.parent}: this run stored no VLM2Rec stage "
-                              "adapter (it predates them); rerun it (bench run --no-resume) to "
-                              "evaluate it under perturbations")
+                              "adapter (it predates them); rerun it (bench run, without "
+                              "--resume) to evaluate it under perturbations")
 
     def set_item_table(self, table: torch.Tensor) -> None:
         if table.shape != self.item_embedding.frozen.shape:
