@@ -280,6 +280,8 @@ def vlm_run(tmp_path_factory):
         assert main(["robustness", "--drop-image", "--image-noise", "--rates", "0,1",
                      *common]) == 0
         assert main(["diagnose", "accuracy", *common]) == 0
+        assert main(["robustness", "--drop-text", "--rates", "0,1", "--train-time",
+                     *common]) == 0
     return tmp
 
 
@@ -350,3 +352,20 @@ def test_diagnose_covers_models_that_read_raw_content(vlm_run):
     for name in ("diagnostics", "diagnostics-training"):  # the plots bench diagnose writes
         png = tmp / "results/accuracy/diagnostics" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_time_perturbation_trains_raw_content_models_on_perturbed_inputs(vlm_run):
+    tmp = vlm_run
+    rows = json.loads((tmp / "results/accuracy/robustness.json").read_text())["rows"]
+    train = {(r["model"], r["rate"]): r for r in rows if r["perturbation"] == "drop_text+train"}
+    assert set(train) == {(m, x) for m in ("vlm2rec", "vlm2rec_sasrec") for x in (0.0, 1.0)}
+    derived = tmp / "results/accuracy-train-drop_text@1/runs/synthetic"
+    for model in ("vlm2rec", "vlm2rec_sasrec"):
+        result = json.loads((derived / model / "seed-0/result.json").read_text())
+        assert result["provenance"]["config"]["perturbation"]["name"] == "drop_text"
+        assert train[(model, 1.0)]["metrics"] != train[(model, 0.0)]["metrics"]
+    # the stage trained on text-less items is its own stage, not the clean one reused
+    clean = json.loads((tmp / "results/accuracy/runs/synthetic/vlm2rec_sasrec/seed-0/result.json")
+                       .read_text())["provenance"]["content"]["vlm"]["stage_key"]
+    perturbed = json.loads((derived / "vlm2rec_sasrec/seed-0/result.json").read_text())
+    assert perturbed["provenance"]["content"]["vlm"]["stage_key"] != clean
