@@ -93,3 +93,16 @@ def small_batch(n_items: int, max_len: int, batch: int = 6, seed: int = 0):
         seq[b, :n] = full[b, :n]
         targets[b, :n] = full[b, 1:n + 1]
     return seq, lengths, full[torch.arange(batch), lengths], targets
+
+
+def recbole_epoch(config, model, train, run_dir: Path) -> tuple[float, list[bool]]:
+    """One epoch of RecBole's own Trainer: (the loss, per parameter whether it changed)."""
+    import torch
+    from recbole.trainer import Trainer as RecBoleTrainer
+
+    from benchmark.recbole_compat import recbole_workdir
+
+    before = [p.detach().clone() for p in model.parameters()]
+    with recbole_workdir(run_dir):
+        loss = RecBoleTrainer(config, model)._train_epoch(train, 0, show_progress=False)
+    return float(loss), [not torch.equal(a, b) for a, b in zip(before, model.parameters())]

@@ -124,6 +124,13 @@ def test_verdict_flags_single_modality_collapse():
 
 # -- end to end through the CLI ----------------------------------------------------------------
 
+def _cli_args(tmp, epochs: int, *extra: str) -> list[str]:
+    """The options of a small, untracked run on the tiny synthetic dataset under ``tmp``."""
+    return ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", str(epochs),
+            "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
+            "--no-tracking", "-q", *extra]
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
@@ -131,10 +138,7 @@ def bench_run(tmp_path_factory):
         mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
         # train_candidates=all: the verdicts below were calibrated on the official losses (the
         # content models' default "seen" leaves this 2-epoch UniSRec's text contribution at 0)
-        common = ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "2",
-                  "--set", "train_candidates=all",
-                  "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
-                  "--no-tracking", "-q"]
+        common = _cli_args(tmp, 2, "--set", "train_candidates=all")
         assert main(["robustness", "--drop-image", "--rates", "0,1",
                      "--models", "mostpop,sasrec,unisrec,clip_sasrec", *common]) == 0
         rob = json.loads((tmp / "results/accuracy/robustness.json").read_text())
@@ -274,9 +278,7 @@ def vlm_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("vlm")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENCH_CACHE_DIR", str(tmp / "cache"))
-        common = ["--dataset", "synthetic", *KNOBS, "--seeds", "0", "--epochs", "1",
-                  "--results-dir", str(tmp / "results"), "--data-dir", str(tmp / "data"),
-                  "--no-tracking", "-q", "--models", "vlm2rec,vlm2rec_sasrec"]
+        common = _cli_args(tmp, 1, "--models", "vlm2rec,vlm2rec_sasrec")
         assert main(["robustness", "--drop-image", "--image-noise", "--rates", "0,1",
                      *common]) == 0
         assert main(["diagnose", "accuracy", *common]) == 0

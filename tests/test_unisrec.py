@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import random_sequences
+from mm_helpers import recbole_epoch
 
 from benchmark.data.dataset import load_dataset, write_dataset
 from benchmark.errors import ConfigError
@@ -166,7 +167,6 @@ def test_config_errors(data, tmp_path, monkeypatch):
 def test_trains_under_recbole_trainer(tmp_path):
     """RecBole's own pipeline: its dataset (with item_features attached), dataloader, Trainer."""
     from recbole.data import create_dataset, data_preparation
-    from recbole.trainer import Trainer as RecBoleTrainer
     from recbole.utils import init_seed
 
     from baselines.unisrec import UniSRec
@@ -182,10 +182,8 @@ def test_trains_under_recbole_trainer(tmp_path):
         dataset = train._dataset
         dataset.item_features = text_features(dataset.item_num, missing=(3,))
         model = UniSRec(config, dataset)
-        before = [p.detach().clone() for p in model.parameters()]
-        loss = RecBoleTrainer(config, model)._train_epoch(train, 0, show_progress=False)
-    assert np.isfinite(loss)
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    loss, changed = recbole_epoch(config, model, train, tmp_path / "run")
+    assert np.isfinite(loss) and all(changed)
 
 
 # -- pre-training ----------------------------------------------------------------------------------
