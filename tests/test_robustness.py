@@ -308,24 +308,18 @@ def test_perturbations_reach_models_that_read_raw_content(vlm_run):
 def test_raw_content_model_never_reuses_clean_embeddings(vlm_run):
     """A trained VLM2Rec rebuilt under a perturbation gets its own table key; exactly the
     perturbed items' embeddings change."""
-    import torch
-
     from benchmark.encoders.inputs import selected_items
-    from benchmark.registry import get_model_spec
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import load_run
 
     tmp = vlm_run
     (root,) = (tmp / "data").glob("synthetic-*")
     data = load_dataset(root)
     run_dir = tmp / "results/accuracy/runs/synthetic/vlm2rec/seed-0"
-    spec = get_model_spec("vlm2rec")
-    params = spec.resolve("tiny")
     tables, keys = {}, {}
     for label, perturbation in (("clean", None),
                                 ("noisy", perturbation_spec("image_noise", 0.5, seed=1))):
-        model = build_model(spec, params, data, tmp / "scratch", 0, "cpu", None,
-                            tmp / "cache", perturbation=perturbation)
-        model.load_trainable_state(torch.load(run_dir / "model.pt", weights_only=True))
+        model = load_run(run_dir, data_dir=tmp / "data", cache_dir=tmp / "cache",
+                         perturbation=perturbation).model
         keys[label], tables[label] = model.table_key(), model.item_table().numpy()
     assert keys["clean"] != keys["noisy"]
     changed = set(np.flatnonzero(~np.isclose(tables["clean"], tables["noisy"]).all(1)).tolist())
@@ -368,6 +362,6 @@ def test_train_time_perturbation_trains_raw_content_models_on_perturbed_inputs(v
         assert train[(model, 1.0)]["metrics"] != train[(model, 0.0)]["metrics"]
     # the stage trained on text-less items is its own stage, not the clean one reused
     clean = json.loads((tmp / "results/accuracy/runs/synthetic/vlm2rec_sasrec/seed-0/result.json")
-                       .read_text())["provenance"]["content"]["vlm"]["stage_key"]
+                       .read_text())["provenance"]["content"]["stage"]["training_key"]
     perturbed = json.loads((derived / "vlm2rec_sasrec/seed-0/result.json").read_text())
-    assert perturbed["provenance"]["content"]["vlm"]["stage_key"] != clean
+    assert perturbed["provenance"]["content"]["stage"]["training_key"] != clean

@@ -249,7 +249,7 @@ def synthetic(tmp_path_factory):
 
 def test_seen_ranks_cold_targets_that_all_never_ranks(synthetic, tmp_path, monkeypatch):
     from benchmark import encoders
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
 
     data, split, features = synthetic
     monkeypatch.setattr(encoders, "prepare_features", lambda *args, **kwargs: features)
@@ -260,7 +260,7 @@ def test_seen_ranks_cold_targets_that_all_never_ranks(synthetic, tmp_path, monke
         params = spec.resolve("tiny", {"mode": "inductive", "train_candidates": candidates,
                                        "epochs": 8, "patience": 8, "learning_rate": 5e-3})
         model = build_model(spec, params, data, tmp_path / candidates, 0, "cpu", split,
-                            cache_dir=tmp_path)
+                            cache_dir=tmp_path).model
         ev = Evaluator(split, data.n_items, params["MAX_ITEM_LIST_LENGTH"], case_labels=labels)
         trainer = Trainer(model, params, split, ev, 0, progress=False)
         trainer.fit()
