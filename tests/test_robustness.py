@@ -365,3 +365,22 @@ def test_train_time_perturbation_trains_raw_content_models_on_perturbed_inputs(v
                        .read_text())["provenance"]["content"]["stage"]["training_key"]
     perturbed = json.loads((derived / "vlm2rec_sasrec/seed-0/result.json").read_text())
     assert perturbed["provenance"]["content"]["stage"]["training_key"] != clean
+
+
+def test_robustness_and_diagnose_run_a_suite_of_variants(tmp_path, monkeypatch):
+    """Every suite works with every command: the vlm2rec-ablation suite's models are variants
+    of `vlm2rec` (registered only in the suite), and robustness and diagnose load their runs."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    common = _cli_args(tmp_path, 1, "--models", "vlm2rec-sft,vlm2rec-internal")
+    assert main(["robustness", "--suite", "vlm2rec-ablation", "--drop-image", "--rates", "0,1",
+                 *common]) == 0
+    assert main(["diagnose", "vlm2rec-ablation", *common]) == 0
+    suite_dir = tmp_path / "results/vlm2rec-ablation"
+    rows = json.loads((suite_dir / "robustness.json").read_text())["rows"]
+    assert {(r["model"], r["rate"]) for r in rows} == {
+        (m, x) for m in ("vlm2rec-sft", "vlm2rec-internal") for x in (0.0, 1.0)}
+    doc = json.loads((suite_dir / "diagnostics.json").read_text())
+    assert {e["model"] for e in doc["models"]} == {"vlm2rec-sft", "vlm2rec-internal"}
+    for e in doc["models"]:
+        assert not e["verdict"].startswith("not diagnosed"), e
+        assert "cka_image_text" in e["metrics"]
