@@ -107,6 +107,8 @@ def _options(args, resume: bool = False):
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread can be far faster
     results_dir, tracking = _writable_dir(Path(args.results_dir), "--results-dir"), \
         not args.no_tracking
+    if args.data_dir is not None:  # imported datasets may sit in a read-only folder
+        _writable_dir(args.data_dir, "--data-dir", write=False)
     if tracking:  # an unknown scheme or an unreachable server: one line now, not a traceback later
         from .tracking import check_tracking_uri, resolve_tracking_uri
 
@@ -121,14 +123,15 @@ def _options(args, resume: bool = False):
                    not rank, tracking=tracking, tracking_uri=args.tracking_uri)
 
 
-def _writable_dir(path: Path, flag: str) -> Path:
-    """``path`` if the run can create or write that folder; a file in its place (or an
-    unwritable parent) is refused before any work. Creates nothing."""
+def _writable_dir(path: Path, flag: str, write: bool = True) -> Path:
+    """``path`` if the run can create or write that folder (``write=False``: only that it is
+    not a file); a file in its place, or an unwritable parent, is refused before any work.
+    Creates nothing."""
     existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at worst
     if not existing.is_dir():
         where = "is a file" if existing == path else f"is under a file, {existing}"
         raise ConfigError(f"{flag} {path} {where}: give a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if write and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: {existing} is not writable")
     return path
 

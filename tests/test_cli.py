@@ -51,7 +51,8 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert message in err
 
 
-@pytest.mark.parametrize("case", ["set", "tracking", "results_file", "results_under_file"])
+@pytest.mark.parametrize("case", ["set", "tracking", "results_file", "results_under_file",
+                                  "data_file"])
 def test_issue_10_bad_inputs_end_in_one_line_before_any_work(case, tmp_path, capsys):
     """The three inputs of issue 10 that ended in a traceback: tracking on (the default), so
     the tracking check is the one a real run meets; nothing is created or trained."""
@@ -64,6 +65,7 @@ def test_issue_10_bad_inputs_end_in_one_line_before_any_work(case, tmp_path, cap
         "results_file": (["--results-dir", str(a_file)], f"--results-dir {a_file} is a file"),
         "results_under_file": (["--results-dir", str(a_file / "sub")],
                                f"--results-dir {a_file / 'sub'} is under a file, {a_file}"),
+        "data_file": (["--data-dir", str(a_file)], f"--data-dir {a_file} is a file"),
     }[case]
     argv = ["run", "--models", "sasrec", "--seeds", "0", "--results-dir", str(tmp_path / "r"),
             "--data-dir", str(tmp_path / "d"), "-q", *args]
