@@ -195,7 +195,8 @@ PARAM_RULES: dict[str, Rule] = {
     "window": _COUNT, "decay": Rule(low=0.0, high=1.0, low_open=True), "backoff": _at_least(0),
 }
 
-# Where one name means different things in different models: (model, parameter) -> rule.
+# Where one name means different things in different models: (model, parameter) -> rule
+# (``Rule()`` accepts any value: a model whose parameter breaks the general rule on purpose).
 MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
     ("clip_sasrec", "fusion"): _one_of("concat", "mean"),
     ("vlm2rec", "fusion"): _one_of("external", "internal"),
@@ -206,9 +207,11 @@ MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
 PATTERN_RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
     (re.compile(p, re.IGNORECASE), r) for p, r in (
         (r"(^|_)(lr|learning_rate)$", _above(0)),
-        (r"dropout|_prob$|_ratio$|_rate$", _PROB),
+        (r"dropout|_prob$", _PROB),
+        (r"_ratio$|_rate$", Rule(low=0.0, high=1.0)),  # a share; 1 may be valid (all of it)
         (r"(^|_)epochs$", _at_least(0)),
-        (r"^(n|num)_|_(size|len|length|tokens|layers|heads|steps)$", _COUNT),
+        (r"^(n|num)_|_(size|len|length|tokens|layers|heads|num)$", _COUNT),
+        (r"(^|_)(step|steps)$", _at_least(0)),  # RecBole DiffRec: sampling_steps 0
         (r"(^|_)(tau|temperature|eps)$", _above(0)),
         (r"(^|_)(weight|decay|lambda|alpha|beta|every|patience)$|^lambda_", _at_least(0)),
     ))

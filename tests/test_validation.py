@@ -76,6 +76,9 @@ def test_every_numeric_parameter_has_a_rule():
     ("embedding_size", "must be >= 1"),  # a RecBole model's, through a generic entry
     ("num_layers", "must be >= 1"),
     ("dropout_prob", "must be in [0, 1)"),
+    ("global_ratio", "must be in [0, 1]"),  # RecBole FEARec's default is 1: a closed share
+    ("block_num", "must be >= 1"),
+    ("sampling_steps", "must be >= 0"),
     ("fine_tune_lr", "must be > 0"),
     ("stage2_learning_rate", "must be > 0"),  # a learning rate, not a [0, 1) share
     ("contrast_weight", "must be >= 0"),
