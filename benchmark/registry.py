@@ -12,6 +12,7 @@ import fnmatch
 import importlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,7 +177,7 @@ PARAM_RULES: dict[str, Rule] = {
     "hidden_act": _one_of("gelu", "relu", "swish", "tanh", "sigmoid"),  # RecBole's ACT2FN
     "layer_norm_eps": _above(0), "initializer_range": _above(0),
     # UniSRec
-    "mode": _one_of("transductive", "inductive"), "n_exps": _COUNT,
+    "n_exps": _COUNT,
     "adaptor_dropout_prob": _PROB, "temperature": _above(0), "lambda": _at_least(0),
     "item_drop_ratio": _PROB,
     "pretrain_epochs": _at_least(0),  # 0 = no pre-training
@@ -200,6 +201,7 @@ PARAM_RULES: dict[str, Rule] = {
 MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
     ("clip_sasrec", "fusion"): _one_of("concat", "mean"),
     ("vlm2rec", "fusion"): _one_of("external", "internal"),
+    ("unisrec", "mode"): _one_of("transductive", "inductive"),  # a generic name: UniSRec's here
 }
 
 # Parameters in neither table (e.g. a RecBole model's, through a generic entry) by name pattern;
@@ -217,7 +219,7 @@ PATTERN_RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
     ))
 
 # Rules that tie parameters together: (names, predicate, what must hold).
-CROSS_RULES: tuple[tuple[tuple[str, ...], Any, str], ...] = (
+CROSS_RULES: tuple[tuple[tuple[str, ...], Callable[[dict[str, Any]], bool], str], ...] = (
     (("hidden_size", "n_heads"), lambda p: p["hidden_size"] % p["n_heads"] == 0,
      "hidden_size must be a multiple of n_heads"),  # attention heads split the width
 )
