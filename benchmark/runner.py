@@ -83,6 +83,9 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
         identity["perturbation"] = opts.perturbation
     config_hash = stable_hash(identity)
     result_path = run_dir / "result.json"
+    if opts.resume:  # a killed process (kill -9) left its child run RUNNING: end it as KILLED
+        tracker.mark_killed({"config_hash": config_hash, "model": model_name,
+                             "dataset": prep.entry.label}, params={"seed": seed})
     if opts.resume and result_path.exists():
         done = read_json(result_path)
         if done.get("config_hash") == config_hash:
