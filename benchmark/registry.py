@@ -139,6 +139,30 @@ register_model(ModelSpec(
     trainable=False,
 ))
 
+register_model(ModelSpec(
+    name="random",
+    target="baselines.random_scores:RandomScores",
+    description="Uniform random scores, seeded by the run seed (the chance floor).",
+    modalities=(),
+    defaults={},
+    trainable=False,
+))
+
+register_model(ModelSpec(
+    name="cooc",
+    target="baselines.cooc:CoOccurrence",
+    description="Counting sequential floor: decayed item-to-item transition shares from the last "
+                "items of the history, popularity back-off; training split only.",
+    modalities=("id",),
+    defaults={"window": 3, "decay": 0.5, "backoff": 0.1},
+    search_space={
+        "window": {"type": "int", "low": 1, "high": 10},
+        "decay": {"type": "float", "low": 0.1, "high": 1.0},
+        "backoff": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+    },
+    trainable=False,
+))
+
 # RecBole SASRec's transformer defaults, shared by every SASRec-style model.
 _SASREC_TRANSFORMER = {
     "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
