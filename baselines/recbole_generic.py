@@ -57,7 +57,7 @@ def _recbole_root() -> Path:
 def sequential_classes() -> tuple[str, ...]:
     """Class names exported by ``recbole.model.sequential_recommender`` (read, not imported)."""
     text = (_recbole_root() / "model" / "sequential_recommender" / "__init__.py").read_text()
-    return tuple(sorted(set(re.findall(r"^from \S+ import (\w+)", text, flags=re.M))))
+    return tuple(sorted(set(re.findall(r"^from \S+ import (\w+)", text, flags=re.MULTILINE))))
 
 
 def yaml_defaults(name: str) -> dict[str, Any]:
