@@ -204,11 +204,12 @@ register_model(ModelSpec(
     description="Counting sequential floor: decayed item-to-item transition shares from the last "
                 "items of the history, popularity back-off; training split only.",
     modalities=("id",),
-    defaults={"window": 3, "decay": 0.5, "backoff": 0.1},
+    # backoff 1: transition and popularity shares weigh alike; a large backoff tends to MostPop
+    defaults={"window": 3, "decay": 0.5, "backoff": 1.0},
     search_space={
         "window": {"type": "int", "low": 1, "high": 10},
         "decay": {"type": "float", "low": 0.1, "high": 1.0},
-        "backoff": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
+        "backoff": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
     },
     trainable=False,
 ))
