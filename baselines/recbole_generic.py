@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 # Classes checked end to end through the harness (tests/test_recbole_generic.py); listed by
-# ``bench list models``. Also measured to build, take a CE training step and score on a tiny
+# ``bench list models``. BERT4Rec and SHAN (batch transforms) are checked for a training step
+# and scores in the same tests. Also measured to build, take a CE training step and score on a tiny
 # synthetic dataset: Caser, FOSSIL, GCSAN, HGN, HRM, LightSANs, NPE, NextItNet, RepeatNet, SASRec,
 # SINE, SRGNN, STAMP. GRU4RecCPR and SASRecCPR failed there (a top-k larger than the item set).
 CHECKED = ("GRU4Rec", "NARM")
@@ -28,8 +29,6 @@ CHECKED = ("GRU4Rec", "NARM")
 # Classes that cannot run on the harness's inputs (user, item sequence, length, next item), and
 # why: the error a user gets instead of a stack trace.
 UNSUPPORTED = {
-    "BERT4Rec": "its masked-item training batches come from RecBole's data transform "
-                "(MASK_ITEM_SEQ), which the harness Trainer does not build",
     "CORE": "its training needs RecBole's data transform",
     "FEARec": "its contrastive training needs same-target sequences from RecBole's dataset",
     "S3Rec": "it needs a separate pre-training stage on item attributes",
@@ -37,7 +36,6 @@ UNSUPPORTED = {
     "FPMC": "its loss is BPR only: it needs sampled negatives the harness Trainer does not draw",
     "TransRec": "its loss is BPR only: it needs sampled negatives the harness Trainer does not "
                 "draw",
-    "SHAN": "it reads an inverted item sequence field that only RecBole's dataset builds",
     "DIEN": "it is a context-aware click-through model (point-wise labels)",
     **{name: "it reads item feature fields the harness does not load"
        for name in ("FDSA", "GRU4RecF", "SASRecF", "GRU4RecKG", "KSR")},
@@ -80,12 +78,50 @@ def yaml_defaults(name: str) -> dict[str, Any]:
 
 
 def __getattr__(name: str):
-    """``baselines.recbole_generic:<Class>`` resolves to RecBole's own class."""
+    """``baselines.recbole_generic:<Class>`` resolves to RecBole's own class (wrapped when its
+    yaml declares a batch ``transform``)."""
     if name.startswith("__") or name not in sequential_classes():
         raise AttributeError(name)
+    return _resolve(name)
+
+
+@functools.cache
+def _resolve(name: str):
     from benchmark.recbole_compat import import_recbole
 
     import_recbole()
     import recbole.model.sequential_recommender as seq
 
-    return getattr(seq, name)
+    cls = getattr(seq, name)
+    return _with_transform(cls) if yaml_defaults(name).get("transform") else cls
+
+
+def _with_transform(cls):
+    """``cls`` whose batches first go through the transform its yaml declares (BERT4Rec's item
+    masking, SHAN's inverted sequence), as RecBole's data loaders do for every batch: the
+    harness Trainer and evaluator build plain (user, sequence, length, next item) batches."""
+
+    class Transformed(cls):
+        def __init__(self, config, dataset):
+            from recbole.data.transform import construct_transform
+
+            # the transform names its fields in the config, which the model's __init__ reads
+            self.batch_transform = construct_transform(config)
+            self.transform_dataset = dataset  # it reads the item count from dataset.num()
+            super().__init__(config, dataset)
+
+        def _transformed(self, interaction):
+            return self.batch_transform(self.transform_dataset, interaction)
+
+        def calculate_loss(self, interaction):
+            return super().calculate_loss(self._transformed(interaction))
+
+        def predict(self, interaction):
+            return super().predict(self._transformed(interaction))
+
+        def full_sort_predict(self, interaction):
+            return super().full_sort_predict(self._transformed(interaction))
+
+    Transformed.__name__ = Transformed.__qualname__ = cls.__name__
+    Transformed.__doc__ = f"RecBole's {cls.__name__} with its declared batch transform applied."
+    return Transformed

@@ -31,7 +31,7 @@ def test_recbole_spec_from_the_model_yaml():
 @pytest.mark.parametrize("name, message", [
     ("recbole:Nope", "recbole:Nope: not a RecBole sequential model (e.g. recbole:GRU4Rec"),
     ("recbole:gru4rec", "did you mean recbole:GRU4Rec?"),
-    ("recbole:BERT4Rec", "recbole:BERT4Rec cannot run in the harness: its masked-item"),
+    ("recbole:FDSA", "recbole:FDSA cannot run in the harness: it reads item feature fields"),
     ("recbole:FPMC", "BPR only"),
 ])
 def test_recbole_bad_class_is_one_line_config_error(name, message):
@@ -73,6 +73,33 @@ def test_end_to_end_through_the_harness(tiny_dataset, tmp_path, capsys):
         result = json.loads((results / "accuracy" / "runs" / rows[name]["dataset"] / name /
                              "seed-0" / "result.json").read_text())
         assert result["provenance"]["config"]["params"]["train_mode"] == "prefix"
+
+
+@pytest.mark.parametrize("cls", ["BERT4Rec", "SHAN"])
+def test_models_with_a_batch_transform_train_and_score(cls, tiny_dataset, tmp_path):
+    """RecBole builds BERT4Rec's masked items and SHAN's inverted sequence in its data loaders
+    (the yaml's ``transform``): the wrapped class applies it to the harness's batches."""
+    from benchmark.data.dataset import load_dataset
+    from benchmark.evaluation import Evaluator
+    from benchmark.runner import build_model
+    from benchmark.split import make_split
+    from benchmark.training import Trainer
+
+    data = load_dataset(tiny_dataset)
+    split = make_split(data)
+    spec = get_model_spec(f"recbole:{cls}")
+    params = spec.resolve("tiny", {"MAX_ITEM_LIST_LENGTH": 8, "batch_size": 16, "epochs": 1})
+    model = build_model(spec, params, data, tmp_path / cls, 0, "cpu", split)
+    assert type(model).__name__ == cls and type(model).__mro__[1].__name__ == cls
+    trainer = Trainer(model, params, split, Evaluator(split, data.n_items, 8), 0,
+                      progress=False)
+    model.train()
+    loss = trainer._loss(np.arange(16))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    res = trainer.evaluate("test")
+    assert res.metrics["ndcg@10"] > 0.0
 
 
 # -- the floors -----------------------------------------------------------------------------------
