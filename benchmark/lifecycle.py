@@ -368,6 +368,8 @@ def load_run(run_dir: Path, *, prep=None, data_dir: Path | None = None,
     spec, params, seed = get_model_spec(info["model"]), config["params"], config["seed"]
     handle = build_model(spec, params, prep.data, run_dir, seed, device, prep.split, cache_dir,
                          perturbation=perturbation)
+    if handle.caps.training == "statistics":  # its state is counted from the training split
+        handle.model.fit_statistics(prep.split.train_sequences())
     if handle.caps.stage:
         from .training import preserved_rng
 

@@ -258,16 +258,66 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+RECBOLE_PREFIX = "recbole:"  # recbole:<Class>: any RecBole SequentialRecommender by class name
+
+
 def get_model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model, or of ``recbole:<Class>`` (built on the fly)."""
+    if name.startswith(RECBOLE_PREFIX) and name not in _MODELS:
+        return recbole_spec(name[len(RECBOLE_PREFIX):])
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(sorted(_MODELS))}")
+        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(sorted(_MODELS))}, "
+                          f"or {RECBOLE_PREFIX}<Class> for any RecBole sequential model")
     return _MODELS[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    """Registered models and the ``recbole:<Class>`` entries checked end to end."""
+    from baselines.recbole_generic import CHECKED
+
+    names = [*_MODELS, *(RECBOLE_PREFIX + c for c in CHECKED)]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+_RECBOLE_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+}
+
+
+def recbole_spec(cls_name: str) -> ModelSpec:
+    """A spec for RecBole's own ``cls_name`` (:mod:`baselines.recbole_generic`): RecBole's
+    model yaml for its defaults, CE loss, ``train_mode: prefix``, the shared training defaults,
+    a search space over the learning rate, weight decay and the yaml's dropout rates."""
+    from baselines.recbole_generic import CHECKED, UNSUPPORTED, sequential_classes, yaml_defaults
+
+    known = sequential_classes()
+    if cls_name not in known:
+        by_case = {c.lower(): c for c in known}
+        near = [by_case[cls_name.lower()]] if cls_name.lower() in by_case else \
+            difflib.get_close_matches(cls_name, known, n=1)
+        hint = f"did you mean {RECBOLE_PREFIX}{near[0]}? " if near else ""
+        raise ConfigError(f"{RECBOLE_PREFIX}{cls_name}: not a RecBole sequential model ({hint}"
+                          f"e.g. {', '.join(RECBOLE_PREFIX + c for c in (*CHECKED, 'SASRec'))})")
+    if cls_name in UNSUPPORTED:
+        raise ConfigError(f"{RECBOLE_PREFIX}{cls_name} cannot run in the harness: "
+                          f"{UNSUPPORTED[cls_name]}")
+    defaults = {**yaml_defaults(cls_name), "loss_type": "CE", "train_mode": "prefix"}
+    dropouts = {k: {"type": "float", "low": 0.0, "high": 0.5} for k, v in defaults.items()
+                if "dropout" in k and isinstance(v, float)}
+    return ModelSpec(
+        name=RECBOLE_PREFIX + cls_name,
+        target=f"baselines.recbole_generic:{cls_name}",
+        description=f"RecBole's {cls_name}, unchanged (the generic {RECBOLE_PREFIX}<Class> entry: "
+                    f"any RecBole sequential model by class name; yaml defaults, CE, prefix).",
+        modalities=("id",),
+        defaults=defaults,
+        presets={"tiny": {"epochs": 30, "patience": 3, "MAX_ITEM_LIST_LENGTH": 20,
+                          "batch_size": 128}},
+        search_space={**_RECBOLE_SPACE, **dropouts},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +329,31 @@ register_model(ModelSpec(
     description="Items ranked by training-split popularity (sanity floor).",
     modalities=(),
     defaults={},
+    trainable=False,
+))
+
+register_model(ModelSpec(
+    name="random",
+    target="baselines.random_scores:RandomScores",
+    description="Uniform random scores, seeded by the run seed (the chance floor).",
+    modalities=(),
+    defaults={},
+    trainable=False,
+))
+
+register_model(ModelSpec(
+    name="cooc",
+    target="baselines.cooc:CoOccurrence",
+    description="Counting sequential floor: decayed item-to-item transition shares from the last "
+                "items of the history, popularity back-off; training split only.",
+    modalities=("id",),
+    # backoff 1: transition and popularity shares weigh alike; a large backoff tends to MostPop
+    defaults={"window": 3, "decay": 0.5, "backoff": 1.0},
+    search_space={
+        "window": {"type": "int", "low": 1, "high": 10},
+        "decay": {"type": "float", "low": 0.1, "high": 1.0},
+        "backoff": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
+    },
     trainable=False,
 ))
 

@@ -133,12 +133,12 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
         valid = evaluator.evaluate(score, "valid")
         test = evaluator.evaluate(score, "test")  # touched once, after model selection
         wall = time.perf_counter() - t0
-        _save_npz(run_dir / "per_case.npz", valid_users=valid.users, valid_ranks=valid.ranks,
-                  test_users=test.users, test_ranks=test.ranks)
+        _save_npz(run_dir / "per_case.npz", **valid.arrays(), **test.arrays())  # ranks, ties
         lifecycle.save_run(handle, outcome)
         row = {"suite": suite.name, "dataset": prep.entry.label, "model": model_name,
                "seed": seed, "status": "ok", "valid": valid.metrics, "test": test.metrics,
                "test_groups": test.groups, "test_group_sizes": test.group_sizes,
+               "test_group_protocols": test.group_protocols,
                "wall_seconds": wall, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                "best_epoch": train_info.get("best_epoch"), "epochs": train_info.get("epochs")}
         card = {**env_card, "dataset": {"name": prep.entry.label,

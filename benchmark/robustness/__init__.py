@@ -184,7 +184,7 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                             npz = (suite_dir / "robustness" / entry.label / model_name /
                                    f"seed-{s}" / f"{name}@{_rate_label(rate)}.npz")
                             npz.parent.mkdir(parents=True, exist_ok=True)
-                            _save_npz(npz, test_users=result.users, test_ranks=result.ranks)
+                            _save_npz(npz, **result.arrays())
                             run_id = tracker.start(
                                 f"{entry.label}/{model_name}/seed-{s}/{name}@{rate:g}",
                                 params={"model": model_name, "dataset": entry.label, "seed": s,
