@@ -71,6 +71,8 @@ def _train_step(spec, params, model, ev, world):
 def test_model_conformance(name, world):
     data, split, _ = world
     spec, params, model, ev = _build(name, world)
+    # the registry's training parameters and the model's declared way of learning agree
+    assert spec.trainable == (capabilities(model).training != "statistics"), name
     loss = _train_step(spec, params, model, ev, world)
     if loss is not None:
         assert torch.isfinite(loss), f"{name}: loss {loss}"

@@ -139,7 +139,10 @@ def load_results(target: str | Path, results_dir: str | Path = "results") -> Sui
 
 def _run_dir(suite_dir: Path, row: dict) -> Path:
     """The run's folder in the suite's layout (so moved results still resolve), else as stored."""
-    canonical = suite_dir / "runs" / row["dataset"] / row["model"] / f"seed-{row['seed']}"
+    from ..lifecycle import run_folder
+
+    canonical = run_folder(suite_dir.parent, suite_dir.name, row["dataset"], row["model"],
+                           row["seed"])
     return canonical if canonical.is_dir() or not row.get("run_dir") else Path(row["run_dir"])
 
 
