@@ -48,6 +48,9 @@ class ModelSpec:
     # A registered model this one trains first, configured by this model's ``stage1_preset``
     # and ``stage1_overrides`` (vlm2rec_sasrec: the vlm2rec stage); part of a run's identity.
     stage: str | None = None
+    # "model"; "floor" (a reference scorer, e.g. MostPop) or "control" (built to fail a check,
+    # e.g. coldfirst): the world check and tables can tell them from recommenders
+    role: str = "model"
 
     def load(self):
         module, _, cls = self.target.partition(":")
@@ -354,4 +357,15 @@ register_model(ModelSpec(
     search_space=_SASREC_SPACE,
     stage="vlm2rec",
     raw_content=True,
+))
+
+register_model(ModelSpec(
+    name="coldfirst",
+    target="baselines.controls:ColdFirst",
+    description="CONTROL, not a recommender: never-trained items 1, all others 0. At chance on "
+                "every cold cell when cold cases measure content, not coldness.",
+    modalities=(),
+    defaults={},
+    trainable=False,
+    role="control",
 ))
