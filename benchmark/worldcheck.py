@@ -66,7 +66,9 @@ def _named(*names: str) -> Callable[[dict[str, dict]], list[str]]:
 
 
 def _where(test: Callable[[dict], bool]) -> Callable[[dict[str, dict]], list[str]]:
-    return lambda info: [n for n, i in info.items() if n not in CONTROLS and test(i)]
+    """The recommenders (not floors or controls, by name or registry role) that pass ``test``."""
+    return lambda info: [n for n, i in info.items() if n not in CONTROLS
+                         and i.get("role", "model") == "model" and test(i)]
 
 
 def _mods(i: dict) -> set[str]:
@@ -134,7 +136,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
 
 
 def registry_model_info(names: Sequence[str]) -> dict[str, dict]:
-    """name -> {"modalities", "trainable"} from the registry; names it does not know are left
+    """name -> {"modalities", "trainable", "role"} from the registry; names it does not know are left
     out (the expectations that would need them are skipped)."""
     from .errors import ConfigError
     from .registry import get_model_spec
@@ -145,12 +147,13 @@ def registry_model_info(names: Sequence[str]) -> dict[str, dict]:
             spec = get_model_spec(name)
         except ConfigError:
             continue
-        info[name] = {"modalities": tuple(spec.modalities), "trainable": spec.trainable}
+        info[name] = {"modalities": tuple(spec.modalities), "trainable": spec.trainable,
+                      "role": getattr(spec, "role", "model")}
     return info
 
 
 def suite_model_info(suite) -> dict[str, dict]:
-    """name -> {"modalities", "trainable"} for every model of a suite: the registry's entry of
+    """name -> {"modalities", "trainable", "role"} for every model of a suite: the registry's entry of
     the model (a variant's base model), with a variant's ``modalities`` parameter (a list or a
     comma-separated string, e.g. a text-only CLIP-SASRec) replacing the base's content
     modalities."""
@@ -163,7 +166,8 @@ def suite_model_info(suite) -> dict[str, dict]:
             chosen = chosen.split(",") if isinstance(chosen, str) else list(chosen)
             keep_id = ("id",) if "id" in modalities else ()
             modalities = tuple(m.strip() for m in chosen if m.strip()) + keep_id
-        info[name] = {"modalities": modalities, "trainable": spec.trainable}
+        info[name] = {"modalities": modalities, "trainable": spec.trainable,
+                      "role": getattr(spec, "role", "model")}
     return info
 
 

@@ -135,8 +135,8 @@ def test_suite_variant_declares_its_modalities():
     suite = parse_suite({"name": "s", "datasets": ["synthetic"], "seeds": [0],
                          "models": ["sasrec", "coldfirst", "clip_sasrec"]})
     info = suite_model_info(suite)
-    assert info["sasrec"] == {"modalities": ("id",), "trainable": True}
-    assert info["coldfirst"] == {"modalities": (), "trainable": False}
+    assert info["sasrec"] == {"modalities": ("id",), "trainable": True, "role": "model"}
+    assert info["coldfirst"] == {"modalities": (), "trainable": False, "role": "control"}
     suite.variants["clip_sasrec-text"] = {"model": "clip_sasrec",
                                           "params": {"modalities": "text"}}
     suite.models.append("clip_sasrec-text")
@@ -212,3 +212,32 @@ def test_coldfirst_is_exactly_at_chance_on_cold_cells(small_world):
     assert expected
     for cell, values in expected.items():
         assert res.groups[cell]["ndcg@10"] == pytest.approx(np.mean(values), abs=1e-12), cell
+
+
+# -- one training-candidate rule per suite ---------------------------------------------------------
+def test_the_default_suite_sets_one_training_candidate_rule():
+    from benchmark.config import load_suite
+
+    suite = load_suite("accuracy")
+    rules = {m: suite.spec(m).resolve(suite.preset, suite.model_overrides(m))
+             .get("train_candidates") for m in suite.models}
+    assert {r for r in rules.values() if r is not None} == {"seen"}, rules
+    assert rules["sasrec"] == "seen"  # the registry default stays RecBole's "all"
+
+
+def test_the_rule_is_recorded_in_each_run_card(tmp_path):
+    from benchmark.config import parse_suite
+    from benchmark.io import read_json
+    from benchmark.runner import Options, run_suite
+
+    suite = parse_suite({
+        "name": "rule", "models": ["sasrec", "mostpop"], "seeds": [0], "preset": "tiny",
+        "datasets": [{"name": "synthetic", "options": {
+            "n_users": 40, "n_items": 40, "seq_len": [5, 8], "image_size": 16}}],
+        "params": {"train_candidates": "seen", "epochs": 1}})
+    rows = run_suite(suite, Options(results_dir=tmp_path / "r", data_dir=tmp_path / "d",
+                                    tracking=False, progress=False))
+    cards = {r["model"]: read_json(tmp_path / "r" / "rule" / "runs" / "synthetic" / r["model"]
+                                   / "seed-0" / "result.json")["provenance"] for r in rows}
+    assert cards["sasrec"]["config"]["params"]["train_candidates"] == "seen"
+    assert "train_candidates" not in cards["mostpop"]["config"]["params"]  # it has no softmax
