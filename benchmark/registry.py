@@ -168,7 +168,7 @@ register_model(ModelSpec(
         "train_candidates": "all",  # RecBole's CE over every item ("seen": training items only)
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3,
                  "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
@@ -205,7 +205,7 @@ register_model(ModelSpec(
         "text_encoder": "all-MiniLM-L6-v2",
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 300, "inner_size": 256, "n_layers": 2, "n_heads": 2,
@@ -244,7 +244,7 @@ register_model(ModelSpec(
     },
     presets={
         # prefix mode encodes every prefix: a short window and large batches keep it fast
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "MAX_ITEM_LIST_LENGTH": 8, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "embedding_dropout_prob": 0.1, "batch_size": 512,
                  "pretrain_epochs": 1, "pretrain_max_tokens": 1024},
@@ -273,7 +273,7 @@ register_model(ModelSpec(
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
@@ -348,7 +348,7 @@ register_model(ModelSpec(
         "train_candidates": "seen",  # CE over the training items only; "all": every item
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128, "stage1_preset": "tiny"},
         "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
