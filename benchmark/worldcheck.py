@@ -239,9 +239,11 @@ def _compare(exp: Expectation, rows: list[dict], model: str, cell: str, metric: 
         diffs = [mine[s] - ref[s] for s in seeds] or [mean - ref_mean]
         d_mean, d_ci = mean_ci(diffs)
         ok = d_mean - d_ci > 0
+        note = (" (no common seed: means compared, no CI)" if not seeds
+                else " (one seed: no CI)" if len(seeds) == 1 else "")
         out.update(diff_mean=d_mean, diff_ci=d_ci, status="pass" if ok else "fail",
-                   reason=(f"difference {d_mean:+.4f} ± {d_ci:.4f} over {len(diffs)} seed(s)"
-                           + (" (one seed: no CI)" if len(diffs) == 1 else "")))
+                   reason=f"difference {d_mean:+.4f} ± {d_ci:.4f} over {len(seeds)} seed(s)"
+                          + note)
         return out
     n_cases = next((_size(r, cell) for r in rows if r["model"] == model), None)
     k = int(metric.split("@")[1])

@@ -68,6 +68,9 @@ def test_one_seed_is_a_plain_comparison_flagged_as_such():
     rows = [row("mostpop", 0, 0.040), row("sasrec", 0, 0.041)]
     (c,) = by_id(world_check(rows, "synthetic"))["sasrec-above-mostpop"]["checks"]
     assert c["status"] == "pass" and "one seed: no CI" in c["reason"]
+    rows = [row("mostpop", 0, 0.040), row("sasrec", 1, 0.041)]
+    (c,) = by_id(world_check(rows, "synthetic"))["sasrec-above-mostpop"]["checks"]
+    assert c["status"] == "pass" and "no common seed" in c["reason"]
 
 
 def test_at_chance_uses_the_random_ranking_noise_of_the_cell():
