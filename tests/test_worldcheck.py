@@ -226,6 +226,12 @@ def test_the_default_suite_sets_one_training_candidate_rule():
              .get("train_candidates") for m in suite.models}
     assert {r for r in rules.values() if r is not None} == {"seen"}, rules
     assert rules["sasrec"] == "seen"  # the registry default stays RecBole's "all"
+    # the rule does not stop a run of a subset of models that lacks the parameter
+    from benchmark.config import parse_suite
+
+    subset = parse_suite({"name": "s", "datasets": ["synthetic"], "seeds": [0],
+                          "models": ["mostpop"], "params": {"train_candidates": "seen"}})
+    assert subset.model_overrides("mostpop") == {}
 
 
 def test_the_rule_is_recorded_in_each_run_card(tmp_path):
