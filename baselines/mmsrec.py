@@ -41,6 +41,7 @@ from torch import nn
 
 from baselines.candidates import TrainCandidates
 from baselines.content import init_like_sasrec, lookup, register_features
+from benchmark.contract import Capabilities
 
 MODALITIES = ("image", "text")
 # Which modalities each pre-training view lets the encoder see (image, text).
@@ -65,6 +66,8 @@ class MMSRec(SequentialRecommender, TrainCandidates):
     """MMSRec's fusion encoder as user and item tower over frozen image and text features."""
 
     input_type = InputType.POINTWISE
+
+    HARNESS = Capabilities(pretrain=True, train_split=True, item_table=True)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

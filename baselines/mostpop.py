@@ -10,9 +10,13 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from benchmark.contract import Capabilities
+
 
 class MostPop(SequentialRecommender):
     """Popularity counts over the training split; the same score for every user."""
+
+    HARNESS = Capabilities(training="statistics")
 
     input_type = InputType.POINTWISE
 

@@ -19,10 +19,13 @@ import torch.nn.functional as F
 from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
 
 from baselines.candidates import TrainCandidates
+from benchmark.contract import Capabilities
 from benchmark.errors import ConfigError
 
 
 class SASRec(RecBoleSASRec, TrainCandidates):
+    HARNESS = Capabilities(all_positions=True, train_split=True, item_table=True)
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.init_train_candidates(config)
@@ -37,6 +40,10 @@ class SASRec(RecBoleSASRec, TrainCandidates):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         logits = seq_output @ self.item_embedding.weight.T
         return self.loss_fct(self.candidate_logits(logits), interaction[self.POS_ITEM_ID])
+
+    def item_table(self) -> torch.Tensor:
+        """The (n_items, hidden) item table it scores with."""
+        return self.item_embedding.weight
 
     def sequence_output(self, item_seq: torch.Tensor) -> torch.Tensor:
         """Transformer output at every position (B, L, H); right padding, causal attention."""

@@ -34,6 +34,7 @@ from torch import nn
 
 from baselines.candidates import TrainCandidates
 from baselines.content import init_like_sasrec
+from benchmark.contract import Capabilities
 from benchmark.errors import ConfigError
 
 MODES = ("inductive", "transductive")
@@ -88,6 +89,9 @@ class MoEAdaptor(nn.Module):
 
 class UniSRec(SequentialRecommender, TrainCandidates):
     """UniSRec on RecBole's ``SequentialRecommender`` interface (see the module docstring)."""
+
+    HARNESS = Capabilities(all_positions=True, pretrain=True, train_split=True,
+                           item_table=True)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -105,7 +105,14 @@ def _options(args, resume: bool = False):
         import torch
 
         torch.set_num_threads(args.threads)  # on a shared machine 1 thread can be far faster
-    results_dir, tracking = Path(args.results_dir), not args.no_tracking
+    results_dir, tracking = _writable_dir(Path(args.results_dir), "--results-dir"), \
+        not args.no_tracking
+    if args.data_dir is not None:  # imported datasets may sit in a read-only folder
+        _writable_dir(args.data_dir, "--data-dir", write=False)
+    if tracking:  # an unknown scheme or an unreachable server: one line now, not a traceback later
+        from .tracking import check_tracking_uri, resolve_tracking_uri
+
+        check_tracking_uri(resolve_tracking_uri(results_dir, args.tracking_uri))
     if args.quiet:  # Hugging Face's own bars (checkpoint loading), without importing it
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     rank = int(os.environ.get("RANK", "0"))
@@ -116,11 +123,50 @@ def _options(args, resume: bool = False):
                    not rank, tracking=tracking, tracking_uri=args.tracking_uri)
 
 
+def _writable_dir(path: Path, flag: str, write: bool = True) -> Path:
+    """``path`` if the run can create or write that folder (``write=False``: only that it is
+    not a file); a file in its place, or an unwritable parent, is refused before any work.
+    Creates nothing."""
+    existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at worst
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is under a file, {existing}"
+        raise ConfigError(f"{flag} {path} {where}: give a folder")
+    if write and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable")
+    return path
+
+
+def _print_plan(suite, opts) -> int:
+    """``run --dry-run``: what the run would do, every parameter resolved and checked; no data
+    is built and nothing is written."""
+    import json
+
+    if opts.tracking:
+        from .tracking import check_tracking_uri, resolve_tracking_uri
+
+        uri = check_tracking_uri(resolve_tracking_uri(opts.results_dir,
+                                                      opts.tracking_uri or suite.tracking_uri))
+    else:
+        uri = "off"
+    print(f"suite {suite.name}: datasets {', '.join(d.label for d in suite.datasets)}; "
+          f"seeds {suite.seeds}; preset {suite.preset}; evaluation {suite.evaluation}")
+    print(f"results {opts.results_dir / suite.name}; device {opts.device}; tracking {uri}; "
+          f"resume {opts.resume}")
+    for model in suite.models:
+        spec = suite.spec(model)
+        params = spec.resolve(suite.preset, suite.model_overrides(model))
+        name = model if spec.name == model else f"{model} ({spec.name})"
+        print(f"model {name}: {json.dumps(params, sort_keys=True)}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from .runner import run_suite, summary_table
 
     suite = _suite_from_args(args)
     opts = _options(args, resume=args.resume)
+    if args.dry_run:
+        return _print_plan(suite, opts)
     rows = run_suite(suite, opts)
     print(f"\nsuite {suite.name}: {len(rows)} runs, results in "
           f"{opts.results_dir / suite.name / 'summary.json'}")
@@ -324,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     _suite_arguments(r)
     r.add_argument("--resume", action="store_true",
                    help="skip completed runs and continue killed ones from their checkpoint")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check every option and parameter, print the resolved plan, run nothing")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="tune every model of a suite with Optuna on validation, "

@@ -3,10 +3,28 @@
 One metric implementation, from the rank of the single target (0 = top):
 ``HR@K = [r < K]``, ``NDCG@K = [r < K] / log2(r + 2)``, ``MRR@K = [r < K] / (r + 1)``.
 The user's history (items before the target) is excluded from the ranking; the target itself
-never is. Ties are broken by item id (lower id first), deterministically for every model.
-Per-case ranks are kept, so any metric and any paired comparison can be recomputed later.
-"""
+never is.
 
+**Ties carry no information** (docs/protocol.md, 10). For each case the evaluator keeps ``b``,
+the number of candidates scored strictly above the target (its optimistic 0-based rank), and
+``t``, the number of other candidates scored exactly like it. A metric is its expectation under a
+uniformly random order of the tied block: the mean of the metric over ranks ``b .. b + t``
+(exact, O(1) per case from a prefix sum over the positions below K). A constant scorer therefore
+scores exactly the random expectation, whatever the item numbering; without ties the metrics are
+the plain ones.
+
+**Cold targets: a labelled cold-start protocol.** Overall metrics and every warm or label group
+use the full ranking. For a case whose target has no training interaction (a cold target), the
+evaluator also ranks it among the never-trained items only (the other cold items and the
+target, history excluded as usual; in sampled mode, the cold items of its candidate set), and the
+``target=cold`` group and every ``signal=X,target=cold`` cell are computed from those cold-start
+ranks (``EvalResult.group_protocols`` names them). Under full ranking a prior "never-trained items
+first" would win the cold cells without reading any content; under the cold-start protocol it is
+exactly at chance there, and only a model that reads the content of cold items can beat chance.
+
+Per-case ranks and ties are kept (``EvalResult.arrays``), so any metric and any paired comparison
+can be recomputed later.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,32 +47,82 @@ class NonFiniteScores(RuntimeError):
     """A model returned NaN/inf scores: counting them would silently turn into hits or misses."""
 
 
-def case_metrics(ranks: np.ndarray, ks=KS) -> dict[str, np.ndarray]:
-    """Per-case metric vectors from 0-based ranks."""
-    ranks = np.asarray(ranks, dtype=np.float64)
+def case_metrics(ranks: np.ndarray, ks=KS, ties: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Per-case metric vectors from 0-based ranks (candidates strictly better than the target)
+    and ``ties`` (other candidates scored like it; None = none): the expected metric when the
+    tied block is in uniformly random order, i.e. the mean over ranks ``r .. r + ties``."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    ties = np.zeros_like(ranks) if ties is None else np.asarray(ties, dtype=np.int64)
+    if ranks.shape != ties.shape:
+        raise ValueError(f"ranks {ranks.shape} and ties {ties.shape} differ in shape")
+    tied = ties > 0
     out = {}
     for k in ks:
-        hit = ranks < k
-        out[f"hr@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-        out[f"mrr@{k}"] = np.where(hit, 1.0 / (ranks + 1.0), 0.0)
+        pos = np.arange(k, dtype=np.float64)
+        for name, weight in (("hr", np.ones(k)), ("ndcg", 1.0 / np.log2(pos + 2.0)),
+                             ("mrr", 1.0 / (pos + 1.0))):
+            # no tie: the weight itself (bit-identical to the plain metric)
+            value = np.where(ranks < k, weight[np.minimum(ranks, k - 1)], 0.0)
+            if tied.any():
+                prefix = np.concatenate([[0.0], np.cumsum(weight)])  # prefix[n] = sum_{r<n} w
+                lo, hi = np.minimum(ranks, k), np.minimum(ranks + ties + 1, k)
+                value = np.where(tied, (prefix[hi] - prefix[lo]) / (ties + 1.0), value)
+            out[f"{name}@{k}"] = value
     return out
 
 
-def mean_metrics(ranks: np.ndarray, ks=KS) -> dict[str, float]:
+def mean_metrics(ranks: np.ndarray, ks=KS, ties: np.ndarray | None = None) -> dict[str, float]:
+    """Mean of :func:`case_metrics` over the cases ({} when there is none)."""
     if len(ranks) == 0:
         return {}
-    return {name: float(v.mean()) for name, v in case_metrics(ranks, ks).items()}
+    return {name: float(v.mean()) for name, v in case_metrics(ranks, ks, ties).items()}
+
+
+COLD_PROTOCOL = "cold-start: ranked among never-trained items"
 
 
 @dataclass
 class EvalResult:
+    """One evaluation: per-case users, ranks and ties (full ranking, or the sampled candidates),
+    the cold-start ranks and ties of cold-target cases (-1 for warm ones), the mean metrics and
+    the metrics per group, each group's size and, for groups not on the full ranking, the
+    protocol they were computed under."""
+
     split: str  # "valid" or "test"
     users: np.ndarray
     ranks: np.ndarray
     metrics: dict[str, float]
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> metrics
     group_sizes: dict[str, int] = field(default_factory=dict)
+    ties: np.ndarray | None = None  # None: no ties (zeros)
+    cold_ranks: np.ndarray | None = None  # -1 where the target is warm
+    cold_ties: np.ndarray | None = None
+    group_protocols: dict[str, str] = field(default_factory=dict)  # group -> protocol
+
+    def __post_init__(self):
+        n = len(self.ranks)
+        if self.ties is None:
+            self.ties = np.zeros(n, dtype=np.int64)
+        if self.cold_ranks is None:
+            self.cold_ranks = np.full(n, -1, dtype=np.int64)
+        if self.cold_ties is None:
+            self.cold_ties = np.full(n, -1, dtype=np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-case arrays as stored in ``per_case.npz``: ``<split>_users``, ``_ranks``,
+        ``_ties``, ``_cold_ranks``, ``_cold_ties``."""
+        return {f"{self.split}_{name}": getattr(self, name)
+                for name in ("users", "ranks", "ties", "cold_ranks", "cold_ties")}
+
+
+def stored_cases(npz, which: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users, ranks and ties of ``which`` from a loaded per-case file; ties are zeros in files
+    written before ties were stored (those ranks broke ties by item id)."""
+    ranks = npz[f"{which}_ranks"]
+    key = f"{which}_ties"
+    ties = npz[key] if key in npz else np.zeros_like(ranks)
+    return npz[f"{which}_users"], ranks, ties
 
 
 class Evaluator:
@@ -138,16 +206,21 @@ class Evaluator:
         return out
 
     def evaluate(self, score_fn: ScoreFn, which: str = "valid", progress: bool = False) -> EvalResult:
+        """Rank every case of ``which`` under ``score_fn`` (see the module docstring)."""
         import torch
 
         cases = self.cases(which)
-        ranks = np.zeros(len(cases), dtype=np.int64)
+        n = len(cases)
+        ranks, ties = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        cold_ranks, cold_ties = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
         cand = self.sampled_candidates(which) if self.mode == "sampled" else None
+        never_trained = torch.from_numpy(self._train_counts == 0)
+        never_trained[0] = False  # padding is never a candidate
         from tqdm.auto import tqdm
 
-        starts = range(0, len(cases), self.batch_size)
+        starts = range(0, n, self.batch_size)
         for start in tqdm(starts, desc=f"eval {which}", disable=not progress, leave=False):
-            end = min(start + self.batch_size, len(cases))
+            end = min(start + self.batch_size, n)
             users, seq, lens = self.inputs(cases, start, end)
             with torch.no_grad():
                 scores = score_fn(users, seq, lens).detach().float().cpu()
@@ -160,56 +233,88 @@ class Evaluator:
             targets = torch.from_numpy(np.array(
                 [self.split.sequences[u][p] for u, p in zip(cases.user[start:end],
                                                             cases.pos[start:end])]))
+            cold = never_trained[targets]
             if cand is not None:
-                ranks[start:end] = rank_among(scores, targets, torch.from_numpy(cand[start:end]))
+                c = torch.from_numpy(cand[start:end])
+                ranks[start:end], ties[start:end] = rank_among(scores, targets, c)
+                if cold.any():
+                    rows = np.flatnonzero(cold.numpy()) + start
+                    cold_ranks[rows], cold_ties[rows] = rank_among(
+                        scores[cold], targets[cold], c[cold], among=never_trained)
             else:
                 hist, hist_lens = self.history(cases, start, end)
-                ranks[start:end] = rank_full(scores, targets, hist, hist_lens)
-        res = EvalResult(which, cases.user.copy(), ranks, mean_metrics(ranks, self.ks))
+                ranks[start:end], ties[start:end] = rank_full(scores, targets, hist, hist_lens)
+                if cold.any():
+                    rows = np.flatnonzero(cold.numpy()) + start
+                    cold_ranks[rows], cold_ties[rows] = rank_full(
+                        scores[cold], targets[cold], hist[cold], hist_lens[cold],
+                        among=never_trained)
+        res = EvalResult(which, cases.user.copy(), ranks, mean_metrics(ranks, self.ks, ties),
+                         ties=ties, cold_ranks=cold_ranks, cold_ties=cold_ties)
         self._add_groups(res, cases)
         return res
 
     def _add_groups(self, res: EvalResult, cases: Cases) -> None:
-        """Metrics per label of the target (e.g. the synthetic signal) and warm vs cold targets."""
+        """Metrics per label of the target (e.g. the synthetic signal) and warm vs cold targets;
+        groups of cold targets use the cold-start ranks (``res.group_protocols``)."""
         targets = np.array([self.split.sequences[u][p] for u, p in zip(cases.user, cases.pos)])
         labels = {"target": np.where(self._train_counts[targets] == 0, "cold", "warm")}
         for name, values in self.case_labels.items():
             labels[name] = np.asarray(values, dtype=object)[cases.row]
+
+        def add(group: str, mask: np.ndarray) -> None:
+            if group.endswith("target=cold"):
+                ranks, ties = res.cold_ranks[mask], res.cold_ties[mask]
+                res.group_protocols[group] = COLD_PROTOCOL + (
+                    " of the sampled candidates" if self.mode == "sampled" else "")
+            else:
+                ranks, ties = res.ranks[mask], res.ties[mask]
+            res.groups[group] = mean_metrics(ranks, self.ks, ties)
+            res.group_sizes[group] = int(mask.sum())
+
         for name, vals in labels.items():
             for v in sorted(set(vals.tolist())):
-                mask = vals == v
-                res.groups[f"{name}={v}"] = mean_metrics(res.ranks[mask], self.ks)
-                res.group_sizes[f"{name}={v}"] = int(mask.sum())
+                add(f"{name}={v}", vals == v)
         if "signal" in labels:  # signal x warm/cold: the cells the controlled dataset is built for
             for s in sorted(set(labels["signal"].tolist())):
                 for t in ("warm", "cold"):
                     mask = (labels["signal"] == s) & (labels["target"] == t)
                     if mask.any():
-                        res.groups[f"signal={s},target={t}"] = mean_metrics(res.ranks[mask], self.ks)
-                        res.group_sizes[f"signal={s},target={t}"] = int(mask.sum())
+                        add(f"signal={s},target={t}", mask)
 
 
-def rank_full(scores, targets, seq, lens) -> np.ndarray:
-    """0-based rank of each target among all items, history and padding excluded."""
+def rank_full(scores, targets, seq, lens, among=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, ties) of each target among all items, history and padding excluded: the number
+    of items scored strictly above it (its 0-based optimistic rank) and the number of other
+    items scored exactly like it. ``among`` (a boolean mask over items) restricts the
+    candidates to those items; the target itself is never excluded."""
     import torch
 
-    scores = scores.clone()
-    scores[:, 0] = -torch.inf
-    rows = torch.arange(len(targets)).unsqueeze(1).expand_as(seq)
+    n = len(targets)
+    target_score = scores.gather(1, targets.unsqueeze(1))  # finite: the evaluator checks
+    pool = scores.clone()
+    pool[:, 0] = -torch.inf
+    if among is not None:
+        pool[:, ~among] = -torch.inf
+    rows = torch.arange(n).unsqueeze(1).expand_as(seq)
     valid = torch.arange(seq.shape[1]).unsqueeze(0) < lens.unsqueeze(1)
-    hist_rows, hist_items = rows[valid], seq[valid]
-    keep = hist_items != targets[hist_rows]  # the target is never excluded, even if seen before
-    scores[hist_rows[keep], hist_items[keep]] = -torch.inf
-    target_score = scores.gather(1, targets.unsqueeze(1))
-    ids = torch.arange(scores.shape[1]).unsqueeze(0)
-    better = (scores > target_score) | ((scores == target_score) & (ids < targets.unsqueeze(1)))
-    return better.sum(1).numpy()
+    pool[rows[valid], seq[valid]] = -torch.inf  # the history (a repeated target comes back below)
+    pool[torch.arange(n), targets] = -torch.inf  # the target is not its own competitor
+    return _counts(pool > target_score, pool == target_score)
 
 
-def rank_among(scores, targets, candidates) -> np.ndarray:
-    """0-based rank of each target among its sampled negative candidates."""
-
+def rank_among(scores, targets, candidates, among=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ranks, ties) of each target among its sampled negative candidates (``among``: only the
+    candidates in that boolean item mask count)."""
     target_score = scores.gather(1, targets.unsqueeze(1))
     neg = scores.gather(1, candidates)
-    better = (neg > target_score) | ((neg == target_score) & (candidates < targets.unsqueeze(1)))
-    return better.sum(1).numpy()
+    better, tied = neg > target_score, neg == target_score
+    if among is not None:
+        keep = among[candidates]
+        better, tied = better & keep, tied & keep
+    return _counts(better, tied)
+
+
+def _counts(better, tied) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: candidates strictly better than the target, and other candidates tied with it."""
+    return better.sum(1).numpy().astype(np.int64), tied.sum(1).numpy().astype(np.int64)

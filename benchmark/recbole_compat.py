@@ -111,3 +111,11 @@ class DatasetView:
 
     def num(self, field: str) -> int:
         return self.data.n_users if field == "user_id" else self.data.n_items
+
+    @property
+    def user_num(self) -> int:  # read by some RecBole models (Caser, FPMC, SINE, TransRec)
+        return self.data.n_users
+
+    @property
+    def item_num(self) -> int:
+        return self.data.n_items

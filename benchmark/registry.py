@@ -10,6 +10,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +70,8 @@ class ModelSpec:
                                                   params["stage1_overrides"] or {})
 
     def resolve(self, preset: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
-        """Defaults <- preset <- overrides, each key and value type checked."""
+        """Defaults <- preset <- overrides, each key, value type and value range checked
+        (:data:`PARAM_RULES`); a bad value raises a one-line :class:`ConfigError`."""
         params = self.all_defaults()
         if preset is not None and self.presets:  # a model without presets has nothing to scale
             if preset not in self.presets:
@@ -80,20 +84,19 @@ class ModelSpec:
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise ConfigError(f"model {self.name!r} has no parameter {key!r}{hint}")
             params[key] = _coerce(self.name, key, value, params[key])
-        if self.trainable and params["train_mode"] not in TRAIN_MODES:
-            raise ConfigError(f"train_mode must be one of {', '.join(TRAIN_MODES)}, "
-                              f"got {params['train_mode']!r}")
-        if params.get("train_candidates", "all") not in ("seen", "all"):  # before any work
-            raise ConfigError(f"{self.name}: train_candidates must be one of seen, all, got "
-                              f"{params['train_candidates']!r}")
-        for key in ("epochs", "batch_size", "eval_batch_size", "MAX_ITEM_LIST_LENGTH"):
-            if key in params and params[key] < 1:
-                raise ConfigError(f"{self.name}: {key} must be >= 1, got {params[key]}")
+        check_params(self.name, params)
+        if self.stage is not None:  # the stage model's settings fail here too, before any work
+            try:
+                self.stage_params(params)
+            except ConfigError as e:
+                raise ConfigError(f"model {self.name!r}, stage {self.stage!r} (stage1_preset, "
+                                  f"stage1_overrides): {e}") from None
         return params
 
 
 def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
-    """Check a parameter value against the type of its default (ints may stand for floats)."""
+    """Check a parameter value against the type of its default (ints may stand for floats;
+    a float must be finite)."""
     if default is None or value is None:
         return value
     kind = type(default)
@@ -101,11 +104,151 @@ def _coerce(model: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"model {model!r}: parameter {key!r} must be a finite number, "
+                              f"got {value!r}")
         return float(value)
     elif kind is int and isinstance(value, int) and not isinstance(value, bool) or isinstance(value, kind):
         return value
     raise ConfigError(f"model {model!r}: parameter {key!r} must be {kind.__name__}, "
                       f"got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter rules: the valid values of every parameter, one table keyed by parameter name.
+# A new parameter gets its rule here (or from a name pattern below); a numeric parameter without
+# one fails tests/test_validation.py, so a model cannot silently accept a negative size.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A parameter's valid values: a numeric range (either end open or closed) or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: ``low`` itself is excluded
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    def violation(self, value: Any) -> str | None:
+        """Why ``value`` breaks the rule (``"must be >= 1"``), or None when it is valid."""
+        if self.choices is not None:
+            if value in self.choices:
+                return None
+            return f"must be one of {', '.join(map(str, self.choices))}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None  # a type the rule does not speak of (the type check is _coerce's)
+        # written so that NaN fails every comparison
+        ok_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        ok_high = self.high is None or (value < self.high if self.high_open else
+                                        value <= self.high)
+        if ok_low and ok_high:
+            return None
+        if self.high is None:
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"must be {'<' if self.high_open else '<='} {self.high:g}"
+        return (f"must be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _at_least(low: float) -> Rule:
+    return Rule(low=low)
+
+
+def _above(low: float) -> Rule:
+    return Rule(low=low, low_open=True)
+
+
+def _one_of(*choices: Any) -> Rule:
+    return Rule(choices=choices)
+
+
+_COUNT = _at_least(1)  # sizes, counts, lengths
+_PROB = Rule(low=0.0, high=1.0, high_open=True)  # dropouts, masking and sampling shares
+
+PARAM_RULES: dict[str, Rule] = {
+    # training (TRAIN_DEFAULTS)
+    "epochs": _COUNT, "patience": _at_least(0), "batch_size": _COUNT, "eval_batch_size": _COUNT,
+    "learning_rate": _above(0), "weight_decay": _at_least(0),
+    "clip_grad_norm": _at_least(0),  # 0 = off
+    "train_mode": _one_of(*TRAIN_MODES), "MAX_ITEM_LIST_LENGTH": _COUNT,
+    "train_candidates": _one_of("seen", "all"),
+    # transformer encoders (RecBole's TransformerEncoder and ours)
+    "n_layers": _COUNT, "n_heads": _COUNT, "hidden_size": _COUNT, "inner_size": _COUNT,
+    "hidden_dropout_prob": _PROB, "attn_dropout_prob": _PROB, "embedding_dropout_prob": _PROB,
+    "hidden_act": _one_of("gelu", "relu", "swish", "tanh", "sigmoid"),  # RecBole's ACT2FN
+    "layer_norm_eps": _above(0), "initializer_range": _above(0),
+    # UniSRec
+    "n_exps": _COUNT,
+    "adaptor_dropout_prob": _PROB, "temperature": _above(0), "lambda": _at_least(0),
+    "item_drop_ratio": _PROB,
+    "pretrain_epochs": _at_least(0),  # 0 = no pre-training
+    "pretrain_learning_rate": _at_least(0),  # 0 = learning_rate
+    # MMSRec
+    "mask_ratio": _PROB, "pretrain_mip_weight": _at_least(0), "pretrain_max_tokens": _COUNT,
+    # VLM2Rec
+    "lora_r": _at_least(0),  # 0 = no adapter (the trainer then refuses: nothing to train)
+    "lora_alpha": _above(0), "lora_dropout": _PROB, "history_len": _COUNT,
+    "max_text_tokens": _COUNT, "image_size": _COUNT, "tau": _above(0), "tau_r": _above(0),
+    "lambda_w": _at_least(0), "lambda_r": _at_least(0), "gamma": _at_least(0),
+    "alpha": _at_least(0), "warmup_ratio": Rule(low=0.0, high=1.0), "grad_accum": _COUNT,
+    "pairs_per_user": _at_least(0),  # 0 = every pair
+    "grad_probe_every": _at_least(0),  # 0 = off
+    # counting baselines: last ``window`` items, weight decay**k, popularity back-off weight
+    "window": _COUNT, "decay": Rule(low=0.0, high=1.0, low_open=True), "backoff": _at_least(0),
+}
+
+# Where one name means different things in different models: (model, parameter) -> rule
+# (``Rule()`` accepts any value: a model whose parameter breaks the general rule on purpose).
+MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
+    ("clip_sasrec", "fusion"): _one_of("concat", "mean"),
+    ("vlm2rec", "fusion"): _one_of("external", "internal"),
+    ("unisrec", "mode"): _one_of("transductive", "inductive"),  # a generic name: UniSRec's here
+}
+
+# Parameters in neither table (e.g. a RecBole model's, through a generic entry) by name pattern;
+# the first match wins.
+PATTERN_RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), r) for p, r in (
+        (r"(^|_)(lr|learning_rate)$", _above(0)),
+        (r"dropout|_prob$", _PROB),
+        (r"_ratio$|_rate$", Rule(low=0.0, high=1.0)),  # a share; 1 may be valid (all of it)
+        (r"(^|_)epochs$", _at_least(0)),
+        (r"^(n|num)_|_(size|len|length|tokens|layers|heads|num)$", _COUNT),
+        (r"(^|_)(step|steps)$", _at_least(0)),  # RecBole DiffRec: sampling_steps 0
+        (r"(^|_)(tau|temperature|eps)$", _above(0)),
+        (r"(^|_)(weight|decay|lambda|alpha|beta|every|patience)$|^lambda_", _at_least(0)),
+    ))
+
+# Rules that tie parameters together: (names, predicate, what must hold).
+CROSS_RULES: tuple[tuple[tuple[str, ...], Callable[[dict[str, Any]], bool], str], ...] = (
+    (("hidden_size", "n_heads"), lambda p: p["hidden_size"] % p["n_heads"] == 0,
+     "hidden_size must be a multiple of n_heads"),  # attention heads split the width
+)
+
+
+def param_rule(model: str, key: str) -> Rule | None:
+    """The rule for a model's parameter: the model's exception, the table, else a name pattern
+    (None: a free-form parameter, e.g. an encoder name)."""
+    rule = MODEL_PARAM_RULES.get((model, key)) or PARAM_RULES.get(key)
+    if rule is None:
+        rule = next((r for pattern, r in PATTERN_RULES if pattern.search(key)), None)
+    return rule
+
+
+def check_params(model: str, params: dict[str, Any]) -> None:
+    """Raise a one-line :class:`ConfigError` on the first parameter outside its rule
+    (``model 'sasrec': hidden_size must be >= 1, got -3``)."""
+    for key, value in params.items():
+        rule = param_rule(model, key)
+        why = rule.violation(value) if rule is not None and value is not None else None
+        if why is not None:
+            raise ConfigError(f"model {model!r}: {key} {why}, got {value!r}")
+    for names, holds, what in CROSS_RULES:
+        if all(n in params for n in names) and not holds(params):
+            got = ", ".join(f"{n}={params[n]!r}" for n in names)
+            raise ConfigError(f"model {model!r}: {what}, got {got}")
 
 
 _MODELS: dict[str, ModelSpec] = {}
@@ -118,16 +261,66 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+RECBOLE_PREFIX = "recbole:"  # recbole:<Class>: any RecBole SequentialRecommender by class name
+
+
 def get_model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model, or of ``recbole:<Class>`` (built on the fly)."""
+    if name.startswith(RECBOLE_PREFIX) and name not in _MODELS:
+        return recbole_spec(name[len(RECBOLE_PREFIX):])
     if name not in _MODELS:
         near = difflib.get_close_matches(name, _MODELS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(sorted(_MODELS))}")
+        raise ConfigError(f"unknown model {name!r}{hint}; known: {', '.join(sorted(_MODELS))}, "
+                          f"or {RECBOLE_PREFIX}<Class> for any RecBole sequential model")
     return _MODELS[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+    """Registered models and the ``recbole:<Class>`` entries checked end to end."""
+    from baselines.recbole_generic import CHECKED
+
+    names = [*_MODELS, *(RECBOLE_PREFIX + c for c in CHECKED)]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+
+
+_RECBOLE_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+}
+
+
+def recbole_spec(cls_name: str) -> ModelSpec:
+    """A spec for RecBole's own ``cls_name`` (:mod:`baselines.recbole_generic`): RecBole's
+    model yaml for its defaults, CE loss, ``train_mode: prefix``, the shared training defaults,
+    a search space over the learning rate, weight decay and the yaml's dropout rates."""
+    from baselines.recbole_generic import CHECKED, UNSUPPORTED, sequential_classes, yaml_defaults
+
+    known = sequential_classes()
+    if cls_name not in known:
+        by_case = {c.lower(): c for c in known}
+        near = [by_case[cls_name.lower()]] if cls_name.lower() in by_case else \
+            difflib.get_close_matches(cls_name, known, n=1)
+        hint = f"did you mean {RECBOLE_PREFIX}{near[0]}? " if near else ""
+        raise ConfigError(f"{RECBOLE_PREFIX}{cls_name}: not a RecBole sequential model ({hint}"
+                          f"e.g. {', '.join(RECBOLE_PREFIX + c for c in (*CHECKED, 'SASRec'))})")
+    if cls_name in UNSUPPORTED:
+        raise ConfigError(f"{RECBOLE_PREFIX}{cls_name} cannot run in the harness: "
+                          f"{UNSUPPORTED[cls_name]}")
+    defaults = {**yaml_defaults(cls_name), "loss_type": "CE", "train_mode": "prefix"}
+    dropouts = {k: {"type": "float", "low": 0.0, "high": 0.5} for k, v in defaults.items()
+                if "dropout" in k and isinstance(v, float)}
+    return ModelSpec(
+        name=RECBOLE_PREFIX + cls_name,
+        target=f"baselines.recbole_generic:{cls_name}",
+        description=f"RecBole's {cls_name}, unchanged (the generic {RECBOLE_PREFIX}<Class> entry: "
+                    f"any RecBole sequential model by class name; yaml defaults, CE, prefix).",
+        modalities=("id",),
+        defaults=defaults,
+        presets={"tiny": {"epochs": 30, "patience": 3, "MAX_ITEM_LIST_LENGTH": 20,
+                          "batch_size": 128}},
+        search_space={**_RECBOLE_SPACE, **dropouts},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +332,31 @@ register_model(ModelSpec(
     description="Items ranked by training-split popularity (sanity floor).",
     modalities=(),
     defaults={},
+    trainable=False,
+))
+
+register_model(ModelSpec(
+    name="random",
+    target="baselines.random_scores:RandomScores",
+    description="Uniform random scores, seeded by the run seed (the chance floor).",
+    modalities=(),
+    defaults={},
+    trainable=False,
+))
+
+register_model(ModelSpec(
+    name="cooc",
+    target="baselines.cooc:CoOccurrence",
+    description="Counting sequential floor: decayed item-to-item transition shares from the last "
+                "items of the history, popularity back-off; training split only.",
+    modalities=("id",),
+    # backoff 1: transition and popularity shares weigh alike; a large backoff tends to MostPop
+    defaults={"window": 3, "decay": 0.5, "backoff": 1.0},
+    search_space={
+        "window": {"type": "int", "low": 1, "high": 10},
+        "decay": {"type": "float", "low": 0.1, "high": 1.0},
+        "backoff": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
+    },
     trainable=False,
 ))
 

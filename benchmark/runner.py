@@ -4,9 +4,7 @@ Results layout (``--results-dir DIR``)::
 
     DIR/<suite>/summary.json                        one row per model x dataset x seed
     DIR/<suite>/splits/<dataset>.json               the split's checksum and counts
-    DIR/<suite>/runs/<dataset>/<model>/seed-<s>/    result.json (metrics + provenance card),
-                                                    per_case.npz (ranks of every case),
-                                                    config.json, model.pt, checkpoint.pt (while training)
+    DIR/<suite>/runs/<dataset>/<model>/seed-<s>/    one run (layout: benchmark.lifecycle)
     DIR/mlflow.db, DIR/mlartifacts/                 MLflow (unless another tracking URI is given)
 """
 
@@ -50,70 +48,33 @@ class Prepared:
 
 
 def prepare_dataset(entry: DatasetEntry, suite: Suite, opts: Options) -> Prepared:
+    return prepare_data(entry, suite.split, opts.data_dir)
+
+
+def prepare_data(entry: DatasetEntry, split_args: dict, data_dir: Path | None = None) -> Prepared:
+    """A dataset entry loaded, split (``split_args``: kind and its options) and labelled."""
     from .data.catalog import resolve_dataset
     from .data.dataset import load_dataset
     from .split import make_split
 
-    root = resolve_dataset(entry.name, opts.data_dir, Path(entry.images) if entry.images else None,
+    root = resolve_dataset(entry.name, data_dir, Path(entry.images) if entry.images else None,
                            entry.options)
     data = load_dataset(root)
-    split_args = dict(suite.split)
+    split_args = dict(split_args)
     split = make_split(data, split_args.pop("kind", "loo"), **split_args)
     labels = {k: v for k, v in data.inter_fields.items()
               if v.dtype == object and len(set(v.tolist())) <= 32}
     return Prepared(entry, data, split, labels)
 
 
-def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str,
-                split=None, cache_dir: Path | None = None, progress: bool = False,
-                perturbation: dict | None = None):
-    """Instantiate a registered model on a dataset (a RecBole model gets a RecBole Config and
-    the cached content features it declares, computed from inputs under ``perturbation``, a
-    spec of :mod:`benchmark.encoders.inputs`, when one is given)."""
-    from .recbole_compat import DatasetView, recbole_config
-    from .training import seed_everything
-
-    features = {}
-    if spec.features:
-        from .encoders import prepare_features
-
-        requests = {modality: params[param] for modality, param in spec.features.items()}
-        features = prepare_features(data, split, requests, cache_dir or default_cache_dir(),
-                                    device=device, progress=progress, seed=seed,
-                                    perturbation=perturbation)
-    cls = spec.load()
-    config = recbole_config(cls, data.root, data.name,
-                            {**params, "seed": seed, "device": device,
-                             "cache_dir": str(cache_dir or default_cache_dir()),
-                             # for a model that reads raw content itself (ModelSpec.raw_content)
-                             "perturbation": perturbation}, run_dir)
-    seed_everything(seed)
-    model = cls(config, DatasetView(data, features))
-    # What the model's content came from, for the provenance card (e.g. a harness-trained CLIP).
-    model.harness_content = {m: {"encoder": f.encoder, "missing_items": f.missing_count()}
-                             for m, f in features.items()}
-    return model.to(device)
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    from .data.catalog import default_data_dir
-
-    return Path(os.environ.get("BENCH_CACHE_DIR", default_data_dir() / ".cache"))
-
-
 def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Options,
             tracker, parent_run: str | None, env_card: dict) -> dict:
-    import torch
+    from . import lifecycle
 
-    from .evaluation import Evaluator
-    from .training import Trainer
-
-    spec = suite.spec(model_name)
-    params = spec.resolve(suite.preset, suite.model_overrides(model_name))
+    spec, params = lifecycle.resolve(suite, model_name)
     ev = suite.evaluation
-    run_dir = opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
+    run_dir = lifecycle.run_folder(opts.results_dir, suite.name, prep.entry.label, model_name,
+                                   seed)
     identity = {"model": model_name, "params": params, "dataset": prep.data.content_hash,
                 "split": prep.split.checksum, "evaluation": ev, "seed": seed}
     if spec.stage is not None:  # a change to the stage model's settings retrains this one
@@ -122,6 +83,9 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
         identity["perturbation"] = opts.perturbation
     config_hash = stable_hash(identity)
     result_path = run_dir / "result.json"
+    if opts.resume:  # a killed process (kill -9) left its child run RUNNING: end it as KILLED
+        tracker.mark_killed({"config_hash": config_hash, "model": model_name,
+                             "dataset": prep.entry.label}, params={"seed": seed})
     if opts.resume and result_path.exists():
         done = read_json(result_path)
         if done.get("config_hash") == config_hash:
@@ -131,7 +95,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     if not opts.resume and checkpoint.exists():
         checkpoint.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", identity)
+    atomic_write_json(run_dir / "config.json", {
+        **identity, "load": lifecycle.load_info(prep.entry, suite.split, spec.name)})
 
     t0 = time.perf_counter()
     run_name = f"{prep.entry.label}/{model_name}/seed-{seed}"
@@ -141,59 +106,39 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                            tags={"model": model_name, "dataset": prep.entry.label,
                                  "suite": suite.name, "config_hash": config_hash})
     try:
-        model = build_model(spec, params, prep.data, run_dir, seed, opts.device, prep.split,
-                            opts.cache_dir, opts.progress, perturbation=opts.perturbation)
-        max_len = params.get("MAX_ITEM_LIST_LENGTH", 50)
-        evaluator = Evaluator(prep.split, prep.data.n_items, max_len, mode=ev["mode"],
-                              n_negatives=ev.get("n_negatives", 100), ks=ev.get("ks", (5, 10, 20)),
-                              batch_size=params.get("eval_batch_size", 512),
-                              candidate_seed=int(ev.get("candidate_seed", 0)),
-                              case_labels=prep.labels)
+        handle = lifecycle.build_model(spec, params, prep.data, run_dir, seed, opts.device,
+                                       prep.split, opts.cache_dir, opts.progress,
+                                       perturbation=opts.perturbation)
+        evaluator = lifecycle.make_evaluator(ev, prep.split, prep.data.n_items, params,
+                                             prep.labels)
+
+        def log_epoch(ep: int, row: dict) -> None:
+            tracker.log_metrics(run_id, row, step=ep)
+
+        def log_step(step: int, row: dict) -> None:  # per-step diagnostics (VLM2Rec)
+            tracker.log_metrics(run_id, {f"train_{k}": v for k, v in row.items()
+                                         if isinstance(v, (int, float)) and k != "step"},
+                                step=step)
+
+        outcome = lifecycle.train(handle, prep.split, evaluator, checkpoint=checkpoint,
+                                  resume=opts.resume, progress=opts.progress,
+                                  on_epoch=log_epoch, on_step=log_step)
         train_info: dict = {}
-        if spec.trainable:
-            def log_epoch(ep: int, row: dict) -> None:
-                tracker.log_metrics(run_id, row, step=ep)
-
-            def log_step(step: int, row: dict) -> None:  # per-step diagnostics (VLM2Rec)
-                tracker.log_metrics(run_id, {f"train_{k}": v for k, v in row.items()
-                                             if isinstance(v, (int, float)) and k != "step"},
-                                    step=step)
-
-            if hasattr(model, "fit"):  # a model with its own training loop (VLM2Rec)
-                outcome = model.fit(prep.split, evaluator, seed=seed, checkpoint=checkpoint,
-                                    resume=opts.resume, progress=opts.progress,
-                                    on_epoch=log_epoch, on_step=log_step)
-            else:
-                outcome = Trainer(model, params, prep.split, evaluator, seed, opts.device,
-                                  checkpoint, progress=opts.progress,
-                                  on_epoch=log_epoch).fit(resume=opts.resume)
+        if outcome is not None:
             train_info = {"best_epoch": outcome.best_epoch, "epochs": outcome.epochs_run,
                           "train_seconds": outcome.seconds, "resumed_from": outcome.resumed_from,
                           "history": outcome.history}
-        else:
-            model.fit_statistics(prep.split.train_sequences())
-
-        def score(users, seq, lens):
-            from recbole.data.interaction import Interaction
-
-            return model.full_sort_predict(Interaction(
-                {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
-            ).to(opts.device))
-        model.eval()
+        score = lifecycle.scorer(handle.model, opts.device)
+        handle.model.eval()
         valid = evaluator.evaluate(score, "valid")
         test = evaluator.evaluate(score, "test")  # touched once, after model selection
         wall = time.perf_counter() - t0
-        _save_npz(run_dir / "per_case.npz", valid_users=valid.users, valid_ranks=valid.ranks,
-                  test_users=test.users, test_ranks=test.ranks)
-        # a model may store less than its state dict (VLM2Rec: the adapter, not the backbone)
-        state = model.saved_state_dict() if hasattr(model, "saved_state_dict") else \
-            model.state_dict()
-        atomic_write(run_dir / "model.pt", lambda p: torch.save(state, p))
-        if getattr(model, "step_log", None):  # per-step training diagnostics, for diagnose
-            atomic_write_json(run_dir / STEPS_FILE, {"steps": model.step_log})
+        _save_npz(run_dir / "per_case.npz", **valid.arrays(), **test.arrays())  # ranks, ties
+        lifecycle.save_run(handle, outcome)
         row = {"suite": suite.name, "dataset": prep.entry.label, "model": model_name,
                "seed": seed, "status": "ok", "valid": valid.metrics, "test": test.metrics,
                "test_groups": test.groups, "test_group_sizes": test.group_sizes,
+               "test_group_protocols": test.group_protocols,
                "wall_seconds": wall, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                "best_epoch": train_info.get("best_epoch"), "epochs": train_info.get("epochs")}
         card = {**env_card, "dataset": {"name": prep.entry.label,
@@ -202,7 +147,7 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                                         "coverage": prep.data.manifest.get("coverage"),
                                         "findings": prep.data.manifest.get("findings")},
                 "split": prep.split.summary(), "config_hash": config_hash, "config": identity,
-                "content": content_card(model),
+                "content": handle.content_card(),
                 "seed": seed, "wall_seconds": wall, "mlflow_run_id": run_id,
                 "tracking_uri": tracker.uri}
         atomic_write_json(result_path, {"config_hash": config_hash, "row": row,
@@ -215,7 +160,7 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
         for group, metrics in test.groups.items():
             tracker.log_metrics(run_id, {f"test_{group}_{k}": v for k, v in metrics.items()})
         tracker.log_files(run_id, [result_path, run_dir / "per_case.npz",
-                                             run_dir / "config.json"])
+                                   run_dir / "config.json"])
         tracker.end(run_id)
         return row
     except KeyboardInterrupt:
@@ -224,19 +169,6 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
     except Exception:
         tracker.end(run_id, status="FAILED")
         raise
-
-
-STEPS_FILE = "train_steps.json"  # a run's per-step training diagnostics (VLM2Rec's step log)
-
-
-def content_card(model) -> dict:
-    """Where the model's content representations come from: encoder names (a harness-trained
-    CLIP says so), missing-modality counts, and the model's own ``provenance()`` (VLM2Rec: its
-    backbone, flagged when it is a random stand-in rather than pretrained weights)."""
-    card = dict(getattr(model, "harness_content", {}))
-    if hasattr(model, "provenance"):
-        card.update(model.provenance())
-    return card
 
 
 def _save_npz(path: Path, **arrays) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import lifecycle
 from .config import Suite
 from .errors import BenchError, ConfigError
 from .io import atomic_write, atomic_write_json, read_json, stable_hash
@@ -82,10 +83,11 @@ def sweep_dir(suite: Suite, opts: Options) -> Path:
 
 # -- search spaces ------------------------------------------------------------------------------
 
-def check_search_space(model: str, space: dict[str, dict[str, Any]]) -> None:
+def check_search_space(model: str, space: dict[str, dict[str, Any]], spec=None) -> None:
     """Raise ConfigError, naming the model and parameter, for anything Optuna would reject or the
-    model could not take (unknown parameter, wrong value type)."""
-    spec = get_model_spec(model)
+    model could not take (unknown parameter, wrong value type). ``spec``: the registry entry
+    behind ``model`` (a suite variant's base model; default: the registered ``model``)."""
+    spec = spec or get_model_spec(model)
     known = spec.all_defaults()
     if not isinstance(space, dict):
         raise ConfigError(f"model {model!r}: search space must be a mapping")
@@ -255,10 +257,9 @@ def storage_lock(storage: RDBStorage, name: str) -> Iterator[None]:
 
 def study_name(suite: Suite, prep: Prepared, model: str) -> str:
     """Deterministic: the same suite, data, split, fixed parameters and space give the same name."""
-    spec = get_model_spec(model)
+    spec, params = lifecycle.resolve(suite, model)
     space = spec.search_space
-    fixed = {k: v for k, v in spec.resolve(suite.preset, suite.model_overrides(model)).items()
-             if k not in space}
+    fixed = {k: v for k, v in params.items() if k not in space}
     identity = {"fixed": fixed, "space": space, "dataset": prep.data.content_hash,
                 "split": prep.split.checksum, "evaluation": suite.evaluation,
                 "seed": suite.seeds[0], "objective": f"valid {OBJECTIVE}"}
@@ -354,47 +355,21 @@ def epoch_reporter(trial: optuna.Trial, tracker, run_id: str | None):
     return on_epoch
 
 
-def _evaluator(suite: Suite, prep: Prepared, params: dict):
-    from .evaluation import Evaluator
-
-    ev = suite.evaluation
-    return Evaluator(prep.split, prep.data.n_items, params.get("MAX_ITEM_LIST_LENGTH", 50),
-                     mode=ev["mode"], n_negatives=ev.get("n_negatives", 100),
-                     ks=ev.get("ks", (5, 10, 20)), batch_size=params.get("eval_batch_size", 512),
-                     candidate_seed=int(ev.get("candidate_seed", 0)), case_labels=prep.labels)
-
-
 def objective(suite: Suite, prep: Prepared, model_name: str, params: dict, opts: Options,
               trial: optuna.Trial, tracker, run_id: str | None, workdir: Path) -> float:
     """Train one configuration; return its best validation NDCG@10 (test is never evaluated)."""
-    from .runner import build_model
-    from .training import Trainer
-
-    spec = get_model_spec(model_name)
     seed = suite.seeds[0]
-    model = build_model(spec, params, prep.data, workdir, seed, opts.device, prep.split,
-                        opts.cache_dir, opts.progress)
-    evaluator = _evaluator(suite, prep, params)
+    handle = lifecycle.build_model(suite.spec(model_name), params, prep.data, workdir, seed,
+                                   opts.device, prep.split, opts.cache_dir, opts.progress)
+    evaluator = lifecycle.make_evaluator(suite.evaluation, prep.split, prep.data.n_items,
+                                         params, prep.labels)
     hook = epoch_reporter(trial, tracker, run_id)
-    if spec.trainable:
-        if hasattr(model, "fit"):  # a model with its own training loop (VLM2Rec)
-            outcome = model.fit(prep.split, evaluator, seed=seed, checkpoint=None, resume=False,
-                                progress=opts.progress, on_epoch=hook)
-        else:
-            outcome = Trainer(model, params, prep.split, evaluator, seed, opts.device, None,
-                              progress=opts.progress, on_epoch=hook).fit()
+    outcome = lifecycle.train(handle, prep.split, evaluator, progress=opts.progress,
+                              on_epoch=hook)
+    if outcome is not None:
         return float(outcome.best_valid.get(OBJECTIVE, 0.0))
-    model.fit_statistics(prep.split.train_sequences())
-    model.eval()
-
-    def score(users, seq, lens):
-        from recbole.data.interaction import Interaction
-
-        return model.full_sort_predict(Interaction(
-            {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
-        ).to(opts.device))
-
-    metrics = evaluator.evaluate(score, "valid").metrics
+    handle.model.eval()  # nothing optimised (statistics): one validation
+    metrics = evaluator.evaluate(lifecycle.scorer(handle.model, opts.device), "valid").metrics
     hook(0, {f"valid_{k}": v for k, v in metrics.items()})
     return float(metrics.get(OBJECTIVE, 0.0))
 
@@ -407,14 +382,14 @@ def run_trial(job: WorkerJob, ref: StudyRef, prep: Prepared, study: optuna.Study
     import optuna
     from optuna.trial import TrialState
 
-    spec, suite = get_model_spec(ref.model), job.suite
+    suite = job.suite
+    spec = suite.spec(ref.model)
     scratch = sweep_dir(suite, job.opts) / "scratch"
     state, value, run_id = TrialState.COMPLETE, None, None
     try:
         with heartbeat(storage, trial._trial_id, job.settings.heartbeat_interval):
             sampled = suggest(trial, spec.search_space)
-            params = spec.resolve(suite.preset,
-                                  {**suite.model_overrides(ref.model), **sampled})
+            _, params = lifecycle.resolve(suite, ref.model, sampled)
             run_id = tracker.start(
                 f"{ref.label}/{ref.model}/trial-{trial.number}",
                 params={**params, "seed": suite.seeds[0], "dataset": ref.label,
@@ -566,7 +541,7 @@ def _check_settings(suite: Suite, settings: SweepSettings) -> None:
     if settings.pruner not in PRUNERS:
         raise ConfigError(f"unknown pruner {settings.pruner!r} ({', '.join(PRUNERS)})")
     for model in suite.models:
-        check_search_space(model, get_model_spec(model).search_space)
+        check_search_space(model, suite.spec(model).search_space, suite.spec(model))
 
 
 def _parent_run(tracker, folder: Path, suite: Suite, settings: SweepSettings,
@@ -587,7 +562,8 @@ def _parent_run(tracker, folder: Path, suite: Suite, settings: SweepSettings,
     return run_id
 
 
-def study_summary(storage: RDBStorage, ref: StudyRef, settings: SweepSettings) -> dict:
+def study_summary(storage: RDBStorage, ref: StudyRef, settings: SweepSettings,
+                  suite: Suite) -> dict:
     """Counts per state, the best trial and parameter importances of one study."""
     import optuna
 
@@ -596,7 +572,7 @@ def study_summary(storage: RDBStorage, ref: StudyRef, settings: SweepSettings) -
     finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     out: dict[str, Any] = {
         "name": ref.name, "dataset": ref.label, "model": ref.model,
-        "search_space": get_model_spec(ref.model).search_space, "n_trials": settings.n_trials,
+        "search_space": suite.spec(ref.model).search_space, "n_trials": settings.n_trials,
         "states": counts, "best_trial": None, "best_value": None, "best_params": None,
         "importances": None, "importance_note": None,
         "complete": finished >= settings.n_trials and not counts.get("RUNNING")
@@ -685,7 +661,7 @@ def run_sweep(suite: Suite, opts: Options, settings: SweepSettings,
     refs: list[StudyRef] = []
     for i, prep in enumerate(preps):
         for model in suite.models:
-            if not get_model_spec(model).search_space:
+            if not suite.spec(model).search_space:
                 continue  # nothing to tune: the final runs use the defaults
             name = study_name(suite, prep, model)
             with storage_lock(storage, name):  # launchers on other machines may race here
@@ -707,7 +683,7 @@ def run_sweep(suite: Suite, opts: Options, settings: SweepSettings,
     except BaseException:
         tracker.end(parent, status="FAILED")
         raise
-    studies = [study_summary(storage, ref, settings) for ref in refs]
+    studies = [study_summary(storage, ref, settings, suite) for ref in refs]
     complete = all(s["complete"] for s in studies)
     summary: dict[str, Any] = {
         "suite": suite.name, "storage": redact(url), "n_trials": settings.n_trials,
@@ -715,7 +691,7 @@ def run_sweep(suite: Suite, opts: Options, settings: SweepSettings,
         "objective": f"valid {OBJECTIVE}", "trial_seed": suite.seeds[0], "seeds": suite.seeds,
         "complete": complete, "mlflow_run_id": parent, "tracking_uri": tracker.uri,
         "studies": studies,
-        "untuned": [m for m in suite.models if not get_model_spec(m).search_space],
+        "untuned": [m for m in suite.models if not suite.spec(m).search_space],
         "final": None}
     rows: list[dict] = []
     if settings.final and complete:

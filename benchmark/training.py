@@ -8,9 +8,9 @@ Two ways to turn the training split into batches (``train_mode``):
 - ``all_positions``: each user's training sequence, cut into windows of ``MAX_ITEM_LIST_LENGTH + 1``,
   once per epoch with a loss at every position (the original SASRec training).
 
-A model with ``set_train_split`` is told the split it trains on before the first step (the
-content models' ``train_candidates: seen`` restricts their training softmax to its items,
-:mod:`baselines.candidates`).
+A model that declares ``train_split`` (:mod:`benchmark.contract`) is told the split it trains on
+before the first step (the content models' ``train_candidates: seen`` restricts their training
+softmax to its items, :mod:`baselines.candidates`).
 
 Early stopping follows RecBole's rule: stop once validation NDCG@10 has not improved (strictly)
 for more than ``patience`` epochs; the best epoch's weights are restored at the end.
@@ -18,6 +18,7 @@ for more than ``patience`` epochs; the best epoch's weights are restored at the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
@@ -29,8 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .contract import capabilities
 from .errors import ConfigError
 from .evaluation import EvalResult, Evaluator
+from .lifecycle import scorer
 from .split import Split
 
 log = logging.getLogger(__name__)
@@ -92,10 +95,151 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
     resumed_from: int | None = None
     pretrain_losses: list[float] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)  # per-step diagnostics (VLM2Rec's loop)
 
 
-class Trainer:
-    """Trains one model on one split; writes a resumable checkpoint after every epoch."""
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without disturbing the caller's random streams (python, numpy, torch)."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class EpochLoop:
+    """The one epoch loop of the harness: train an epoch, validate, keep the best weights, stop
+    early (RecBole's rule: once validation NDCG@10 has not improved, strictly, for more than
+    ``patience`` epochs), write a resumable checkpoint after every epoch, restore the best
+    weights at the end.
+
+    A subclass says how an epoch is trained and what its weights, optimizer and random state
+    are: :class:`Trainer` (every sequential model) and VLM2Rec's contrastive SFT loop
+    (``methods.vlm2rec.train.ContrastiveTrainer``), which differ in batches, optimizer and
+    schedule, gradient accumulation and DDP, not in this loop.
+    """
+
+    desc = "epochs"
+    model: torch.nn.Module
+    params: dict
+    evaluator: Evaluator
+    checkpoint: Path | None
+    progress: bool
+    on_epoch: Callable[[int, dict], None] | None
+    is_main = True  # the process that validates, logs and writes (rank 0)
+
+    # -- what a subclass provides -----------------------------------------------------------
+    def weights(self) -> dict:
+        """A copy of the weights that training changes."""
+        return copy.deepcopy(self.model.state_dict())
+
+    def load_weights(self, weights: dict) -> None:
+        self.model.load_state_dict(weights)
+
+    def before_training(self) -> list[float]:
+        """Work before the first epoch of a fresh run (a pre-training stage's losses)."""
+        return []
+
+    def train_epoch(self, state: dict) -> dict:
+        """One epoch of optimisation: ``{"train_loss": ..., **other row fields}``."""
+        raise NotImplementedError
+
+    def evaluate(self, which: str) -> EvalResult:
+        self.model.eval()
+        return self.evaluator.evaluate(scorer(self.model, self.device), which)
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics (early stopping reads NDCG@10)."""
+        return self.evaluate("valid").metrics
+
+    def checkpoint_extra(self) -> dict:
+        """Besides weights, optimizer and loop state: what exact resumption needs."""
+        return {}
+
+    def restore_extra(self, blob: dict) -> None:
+        pass
+
+    def after_checkpoint(self) -> None:
+        pass
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainOutcome:
+        from tqdm.auto import tqdm
+
+        p = self.params
+        state = {"epoch": 0, "step": 0, "best_score": -np.inf, "best_epoch": -1,
+                 "bad_epochs": 0, "history": [], "steps": [], "seconds": 0.0, "best_valid": {}}
+        best = self.weights()
+        resumed_from = None
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            best, state = self._load_checkpoint()
+            resumed_from = state["epoch"]
+            log.info("resumed from epoch %d", resumed_from)
+        else:  # a resumed run's checkpoint already holds the pre-trained weights
+            state["pretrain_losses"] = self.before_training()
+        self.state = state
+        bar = tqdm(total=p["epochs"], initial=state["epoch"], desc=self.desc,
+                   disable=not self.progress or not self.is_main, leave=False)
+        while state["epoch"] < p["epochs"] and state["bad_epochs"] <= p["patience"]:
+            t0 = time.perf_counter()
+            trained = self.train_epoch(state)
+            train_seconds = time.perf_counter() - t0
+            valid = self.validate()
+            epoch_seconds = time.perf_counter() - t0
+            score = valid.get(VALID_METRIC, 0.0)
+            row = {"epoch": state["epoch"], "train_loss": trained.pop("train_loss"),
+                   "train_seconds": train_seconds, "epoch_seconds": epoch_seconds, **trained,
+                   **{f"valid_{k}": v for k, v in valid.items()}}
+            if score > state["best_score"]:
+                state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0,
+                             best_valid=valid)
+                best = self.weights()
+            else:
+                state["bad_epochs"] += 1
+            state["history"].append(row)
+            state["seconds"] += epoch_seconds
+            state["epoch"] += 1
+            self._save_checkpoint(best, state)
+            if self.on_epoch and self.is_main:
+                self.on_epoch(row["epoch"], row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", ndcg10=f"{score:.4f}")
+        bar.close()
+        self.load_weights(best)
+        self.model.eval()
+        return TrainOutcome(best_epoch=state["best_epoch"], best_valid=state["best_valid"],
+                            epochs_run=state["epoch"], seconds=state["seconds"],
+                            history=state["history"], resumed_from=resumed_from,
+                            pretrain_losses=state.get("pretrain_losses", []),
+                            steps=state["steps"])
+
+    def _save_checkpoint(self, best: dict, state: dict) -> None:
+        if self.checkpoint is not None and self.is_main:
+            from .io import atomic_write
+
+            blob = {"model": self.weights(), "best_model": best,
+                    "optimizer": self.optimizer.state_dict(), "state": copy.deepcopy(state),
+                    **self.checkpoint_extra()}
+            atomic_write(self.checkpoint, lambda tmp: torch.save(blob, tmp))
+        self.after_checkpoint()
+
+    def _load_checkpoint(self) -> tuple[dict, dict]:
+        blob = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.load_weights(blob["model"])
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.restore_extra(blob)
+        return blob["best_model"], blob["state"]
+
+
+class Trainer(EpochLoop):
+    """Trains one sequential model on one split with Adam (the model's ``calculate_loss`` on
+    prefix batches, or ``all_positions_loss`` on windows)."""
 
     def __init__(self, model, params: dict, split: Split, evaluator: Evaluator, seed: int,
                  device: str = "cpu", checkpoint: Path | None = None, progress: bool = True,
@@ -103,11 +247,12 @@ class Trainer:
         self.model, self.params, self.split, self.evaluator = model, params, split, evaluator
         self.seed, self.device, self.checkpoint = seed, torch.device(device), checkpoint
         self.progress, self.on_epoch = progress, on_epoch
+        self.caps = capabilities(model)
         self.max_len = params["MAX_ITEM_LIST_LENGTH"]
         self.mode = params["train_mode"]
-        if self.mode == "all_positions" and not hasattr(model, "all_positions_loss"):
+        if self.mode == "all_positions" and not self.caps.all_positions:
             raise ConfigError(f"{type(model).__name__} supports only train_mode=prefix")
-        if hasattr(model, "set_train_split"):  # train_candidates: seen (baselines.candidates)
+        if self.caps.train_split:  # train_candidates: seen (baselines.candidates)
             model.set_train_split(split)
         self.samples = (prefix_samples(split) if self.mode == "prefix"
                         else position_windows(split, self.max_len))
@@ -153,25 +298,13 @@ class Trainer:
             return self.model.calculate_loss(self._prefix_batch(idx))
         return self.model.all_positions_loss(*self._window_batch(idx))
 
-    # -- evaluation -------------------------------------------------------------------------
-    def score(self, users, seq, lens):
-        from recbole.data.interaction import Interaction
-
-        m = self.model
-        inter = Interaction({m.USER_ID: users, m.ITEM_SEQ: seq, m.ITEM_SEQ_LEN: lens})
-        return m.full_sort_predict(inter.to(self.device))
-
-    def evaluate(self, which: str) -> EvalResult:
-        self.model.eval()
-        return self.evaluator.evaluate(self.score, which)
-
-    # -- the loop -----------------------------------------------------------------------------
-    def pretrain(self) -> list[float]:
-        """Optional self-supervised stage (``pretrain_epochs`` > 0, model has ``pretrain_loss``):
-        epochs over the training windows, ``model.pretrain_loss(item_seq, targets)``, no
-        validation. Returns the mean loss per epoch."""
+    # -- the loop's parts ---------------------------------------------------------------------
+    def before_training(self) -> list[float]:
+        """Optional self-supervised stage (``pretrain_epochs`` > 0, a model that declares
+        ``pretrain``): epochs over the training windows, ``model.pretrain_loss(item_seq,
+        targets)``, no validation. Returns the mean loss per epoch."""
         epochs = int(self.params.get("pretrain_epochs", 0))
-        if epochs <= 0 or not hasattr(self.model, "pretrain_loss"):
+        if epochs <= 0 or not self.caps.pretrain:
             return []
         windows = position_windows(self.split, self.max_len)
         loader = torch.utils.data.DataLoader(
@@ -193,80 +326,27 @@ class Trainer:
             losses.append(total / max(n, 1))
         return losses
 
-    def fit(self, resume: bool = False) -> TrainOutcome:
-        from tqdm.auto import tqdm
+    def train_epoch(self, state: dict) -> dict:
+        self.model.train()
+        total, batches = 0.0, 0
+        for idx in self.loader:
+            self.optimizer.zero_grad()
+            loss = self._loss(idx)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at epoch "
+                                         f"{state['epoch']}")
+            loss.backward()
+            if self.params["clip_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                               self.params["clip_grad_norm"])
+            self.optimizer.step()
+            total += loss.item()
+            batches += 1
+        return {"train_loss": total / max(batches, 1)}
 
-        p = self.params
-        state = {"epoch": 0, "best_score": -np.inf, "best_epoch": -1, "bad_epochs": 0,
-                 "history": [], "seconds": 0.0, "best_valid": {}}
-        best_weights = copy.deepcopy(self.model.state_dict())
-        resumed_from = None
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            best_weights, state = self._load_checkpoint()
-            resumed_from = state["epoch"]
-            log.info("resumed from epoch %d", resumed_from)
-        else:  # a resumed run's checkpoint already holds the pre-trained weights
-            state["pretrain_losses"] = self.pretrain()
-        bar = tqdm(total=p["epochs"], initial=state["epoch"], desc="epochs",
-                   disable=not self.progress, leave=False)
-        while state["epoch"] < p["epochs"] and state["bad_epochs"] <= p["patience"]:
-            t0 = time.perf_counter()
-            self.model.train()
-            total, batches = 0.0, 0
-            for idx in self.loader:
-                self.optimizer.zero_grad()
-                loss = self._loss(idx)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss is {loss.item()} at epoch "
-                                             f"{state['epoch']}")
-                loss.backward()
-                if p["clip_grad_norm"] > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), p["clip_grad_norm"])
-                self.optimizer.step()
-                total += loss.item()
-                batches += 1
-            train_seconds = time.perf_counter() - t0
-            valid = self.evaluate("valid")
-            epoch_seconds = time.perf_counter() - t0
-            score = valid.metrics.get(VALID_METRIC, 0.0)
-            row = {"epoch": state["epoch"], "train_loss": total / max(batches, 1),
-                   "train_seconds": train_seconds, "epoch_seconds": epoch_seconds,
-                   **{f"valid_{k}": v for k, v in valid.metrics.items()}}
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0,
-                             best_valid=valid.metrics)
-                best_weights = copy.deepcopy(self.model.state_dict())
-            else:
-                state["bad_epochs"] += 1
-            state["history"].append(row)
-            state["seconds"] += epoch_seconds
-            state["epoch"] += 1
-            self._save_checkpoint(best_weights, state)
-            if self.on_epoch:
-                self.on_epoch(row["epoch"], row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", ndcg10=f"{score:.4f}")
-        bar.close()
-        self.model.load_state_dict(best_weights)
-        return TrainOutcome(best_epoch=state["best_epoch"], best_valid=state["best_valid"],
-                            epochs_run=state["epoch"], seconds=state["seconds"],
-                            history=state["history"], resumed_from=resumed_from,
-                            pretrain_losses=state.get("pretrain_losses", []))
+    def checkpoint_extra(self) -> dict:
+        return {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
 
-    def _save_checkpoint(self, best_weights: dict, state: dict) -> None:
-        if self.checkpoint is None:
-            return
-        from .io import atomic_write
-
-        blob = {"model": self.model.state_dict(), "best_model": best_weights,
-                "optimizer": self.optimizer.state_dict(), "state": state,
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
-        atomic_write(self.checkpoint, lambda tmp: torch.save(blob, tmp))
-
-    def _load_checkpoint(self):
-        blob = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
+    def restore_extra(self, blob: dict) -> None:
         self.generator.set_state(blob["generator"])
         torch.set_rng_state(blob["torch_rng"])
-        return blob["best_model"], blob["state"]

@@ -22,9 +22,9 @@ from benchmark.data.catalog import resolve_dataset
 from benchmark.data.dataset import load_dataset
 from benchmark.evaluation import Evaluator
 from benchmark.io import atomic_write_json
+from benchmark.lifecycle import build_model
 from benchmark.recbole_compat import recbole_config, recbole_workdir
 from benchmark.registry import get_model_spec
-from benchmark.runner import build_model
 from benchmark.split import make_split
 from benchmark.training import Trainer
 
@@ -66,7 +66,7 @@ def run_recbole(data, params, work: Path, epochs: int) -> dict:
 def run_harness(data, split, params, mode: str, work: Path) -> dict:
     p = {**params, "train_mode": mode}
     t0 = time.perf_counter()
-    model = build_model(get_model_spec("sasrec"), p, data, work, SEED, "cpu")
+    model = build_model(get_model_spec("sasrec"), p, data, work, SEED, "cpu").model
     # Both views of the test metrics: the protocol's (history excluded) and RecBole's.
     ev = Evaluator(split, data.n_items, p["MAX_ITEM_LIST_LENGTH"], batch_size=2048)
     trainer = Trainer(model, p, split, ev, SEED, progress=True)

@@ -3,9 +3,9 @@
     .venv/bin/python scripts/vlm2rec_modality_dropout.py --results-dir results \
         --suite vlm2rec-ablation --models vlm2rec-sft,vlm2rec --out docs/vlm2rec-dropout.json
 
-For every (model, seed) run of the suite: rebuild the model, load its stored adapter (model.pt),
-and evaluate the test split three times: both modalities, text only (images removed from every
-item and history), image only. Reads stored runs only; trains nothing.
+For every (model, seed) run of the suite: load the run (``benchmark.lifecycle.load_run``) and
+evaluate the test split three times: both modalities, text only (images removed from every item
+and history), image only. Reads stored runs only; trains nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from benchmark.config import load_suite
-from benchmark.evaluation import Evaluator
-from benchmark.runner import Options, build_model, prepare_dataset
+from benchmark.lifecycle import load_run, make_evaluator, scorer
+from benchmark.robustness import run_folder
+from benchmark.runner import Options, prepare_dataset
 
 
 def main() -> None:
@@ -39,32 +40,20 @@ def main() -> None:
     for entry in suite.datasets:
         prep = prepare_dataset(entry, suite, opts)
         for name in models:
-            spec = suite.spec(name)
-            params = spec.resolve(suite.preset, suite.model_overrides(name))
             for seed in suite.seeds:
-                run_dir = args.results_dir / suite.name / "runs" / entry.label / name / f"seed-{seed}"
-                model = build_model(spec, params, prep.data, run_dir, seed, "cpu", prep.split)
-                model.load_trainable_state(torch.load(run_dir / "model.pt", weights_only=True))
-                ev = Evaluator(prep.split, prep.data.n_items, params["MAX_ITEM_LIST_LENGTH"],
-                               case_labels=prep.labels)
+                handle = load_run(run_folder(suite, prep, name, seed, opts), prep=prep,
+                                  cache_dir=opts.cache_dir)
+                if not handle.caps.input_modalities:
+                    raise SystemExit(f"{name}: cannot feed it only some modalities")
+                ev = make_evaluator(suite.evaluation, prep.split, prep.data.n_items,
+                                    handle.params, prep.labels)
                 for inputs in (("text", "image"), ("text",), ("image",)):
-                    model.set_input_modalities(inputs)
-                    model.eval()
-                    res = ev.evaluate(_scorer(model), "test")
+                    handle.model.set_input_modalities(inputs)
+                    res = ev.evaluate(scorer(handle.model), "test")
                     rows.append({"model": name, "seed": seed, "inputs": "+".join(inputs),
                                  "metrics": res.metrics, "groups": res.groups})
                     print(name, seed, "+".join(inputs), round(res.metrics["ndcg@10"], 4), flush=True)
                     args.out.write_text(json.dumps({"suite": suite.name, "rows": rows}, indent=1))
-
-
-def _scorer(model):
-    from recbole.data.interaction import Interaction
-
-    def score(users, seq, lens):
-        return model.full_sort_predict(Interaction(
-            {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}))
-
-    return score
 
 
 if __name__ == "__main__":

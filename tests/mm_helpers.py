@@ -42,15 +42,15 @@ def random_features(n_items: int, image_dim: int = 12, text_dim: int = 10, seed:
 
 def build(monkeypatch, name: str, data, run_dir: Path, features: dict, seed: int = 0,
           overrides: dict | None = None):
-    """``benchmark.runner.build_model`` with the given features in place of the encoders."""
-    from benchmark.runner import build_model
+    """``benchmark.lifecycle.build_model`` with the given features in place of the encoders."""
+    from benchmark.lifecycle import build_model
 
     stub = types.ModuleType("benchmark.encoders")
     stub.prepare_features = lambda *args, **kwargs: features
     monkeypatch.setitem(sys.modules, "benchmark.encoders", stub)
     spec = get_model_spec(name)
     params = spec.resolve("tiny", overrides)
-    return build_model(spec, params, data, run_dir, seed, "cpu"), params
+    return build_model(spec, params, data, run_dir, seed, "cpu").model, params
 
 
 def recbole_pipeline(tmp: Path, model_cls, name: str, overrides: dict):

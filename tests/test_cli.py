@@ -51,6 +51,69 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert message in err
 
 
+@pytest.mark.parametrize("case", ["set", "tracking", "results_file", "results_under_file",
+                                  "data_file"])
+def test_issue_10_bad_inputs_end_in_one_line_before_any_work(case, tmp_path, capsys):
+    """The three inputs of issue 10 that ended in a traceback: tracking on (the default), so
+    the tracking check is the one a real run meets; nothing is created or trained."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    args, message = {
+        "set": (["--set", "hidden_size=-3"], "model 'sasrec': hidden_size must be >= 1, got -3"),
+        "tracking": (["--tracking-uri", "bogus://x"],
+                     "tracking URI 'bogus://x': unknown scheme 'bogus'"),
+        "results_file": (["--results-dir", str(a_file)], f"--results-dir {a_file} is a file"),
+        "results_under_file": (["--results-dir", str(a_file / "sub")],
+                               f"--results-dir {a_file / 'sub'} is under a file, {a_file}"),
+        "data_file": (["--data-dir", str(a_file)], f"--data-dir {a_file} is a file"),
+    }[case]
+    argv = ["run", "--models", "sasrec", "--seeds", "0", "--results-dir", str(tmp_path / "r"),
+            "--data-dir", str(tmp_path / "d"), "-q", *args]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and err.startswith("bench: error:")
+    assert message in err and not out
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+    assert a_file.read_text() == "not a folder"
+
+
+def test_unreachable_tracking_server_fails_fast_with_one_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    rc = main(["run", "--models", "sasrec", "--tracking-uri", f"http://user:secret@127.0.0.1:{port}",
+               "--results-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"tracking server http://user:***@127.0.0.1:{port} unreachable" in err
+    assert time.perf_counter() - start < 5  # not MLflow's minutes of retries
+
+
+def test_dry_run_prints_the_resolved_plan_and_touches_nothing(tmp_path):
+    """``run --dry-run``: every parameter resolved and checked, no dataset, no result folder,
+    and none of the heavy libraries imported (tracking on: the URI is checked without MLflow)."""
+    code = ("import sys; from benchmark.cli import main; "
+            f"rc = main(['run', '--models', 'sasrec,clip_sasrec', '--set', 'hidden_size=16', "
+            f"'--results-dir', {str(tmp_path / 'r')!r}, '--data-dir', {str(tmp_path / 'd')!r}, "
+            "'--dry-run']); "
+            "heavy = [m for m in ('torch', 'recbole', 'mlflow', 'transformers', 'optuna') "
+            "if m in sys.modules]; print(rc, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    lines = out.splitlines()
+    assert lines[-1] == "0 []"
+    models = {line.split(":")[0]: json.loads(line.split(": ", 1)[1]) for line in lines
+              if line.startswith("model ")}
+    assert set(models) == {"model sasrec", "model clip_sasrec"}
+    assert models["model sasrec"]["hidden_size"] == 16  # the override over the tiny preset
+    assert models["model clip_sasrec"]["inner_size"] == 64  # the suite's preset
+    assert f"tracking sqlite:///{(tmp_path / 'r' / 'mlflow.db').resolve()}" in out
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
 def test_malformed_suite_and_dataset_files(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("name: x\nmodels: [sasrec\n")

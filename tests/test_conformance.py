@@ -1,7 +1,8 @@
 """Every registered model passes the same contract on a tiny multimodal dataset (timm-style):
 it builds, takes a training step with a finite loss, every trainable parameter gets a gradient,
 full-sort scores have the right shape and are finite, the harness excludes history items from
-its ranking, the same seed gives the same scores, and half the images are missing."""
+its ranking, the same seed gives the same scores, half the images are missing, and a finished
+run loads back (``load_run``) to the same ranking."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.contract import capabilities
 from benchmark.evaluation import Evaluator
+from benchmark.lifecycle import build_model, load_run, make_evaluator, scorer
 from benchmark.registry import get_model_spec, list_models
-from benchmark.runner import build_model
 from benchmark.training import Trainer
 
 MAX_LEN = 8
@@ -43,7 +45,7 @@ def _build(name, world, seed=0):
     spec = get_model_spec(name)
     params = _params(spec)
     model = build_model(spec, params, data, tmp / "runs" / name, seed, "cpu", split,
-                        cache_dir=tmp / "cache")
+                        cache_dir=tmp / "cache").model
     ev = Evaluator(split, data.n_items, params.get("MAX_ITEM_LIST_LENGTH", MAX_LEN))
     return spec, params, model, ev
 
@@ -54,7 +56,7 @@ def _scores(model, ev, n=12):
 
 def _train_step(spec, params, model, ev, world):
     _, split, _ = world
-    if not spec.trainable:
+    if capabilities(model).training == "statistics":
         model.fit_statistics(split.train_sequences())
         return None
     trainer = Trainer(model, params, split, ev, seed=0, progress=False)
@@ -98,12 +100,9 @@ def test_model_conformance(name, world):
 
 
 def _scores_for(model, users, seq, lens):
-    from recbole.data.interaction import Interaction
-
     model.eval()
     with torch.no_grad():
-        return model.full_sort_predict(Interaction(
-            {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens})).float()
+        return scorer(model)(users, seq, lens).float()
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -112,7 +111,31 @@ def test_same_seed_same_scores(name, world):
     for _ in range(2):
         spec, params, model, ev = _build(name, world, seed=5)
         _train_step(spec, params, model, ev, world)
-        if spec.trainable:
+        if capabilities(model).training != "statistics":
             torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
         runs.append(_scores(model, ev))
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_finished_run_loads_back(name, world, tmp_path):
+    """A run of the runner, loaded back by ``load_run`` (its own dataset, split and weights),
+    ranks every test case exactly as the run recorded."""
+    from benchmark.config import DatasetEntry, Suite
+    from benchmark.runner import Options, run_suite
+
+    data, _, tmp = world
+    spec = get_model_spec(name)
+    params = {k: v for k, v in {"epochs": 1, "MAX_ITEM_LIST_LENGTH": MAX_LEN,
+                                "batch_size": 16}.items() if k in spec.all_defaults()}
+    suite = Suite(name="load", datasets=[DatasetEntry(str(data.root))], models=[name],
+                  seeds=[0], preset="tiny", params=params)
+    (row,) = run_suite(suite, Options(results_dir=tmp_path, tracking=False, progress=False,
+                                      cache_dir=tmp / "cache"))
+    handle = load_run(row["run_dir"], cache_dir=tmp / "cache")
+    assert not handle.model.training and handle.fresh == []
+    stored = np.load(f"{row['run_dir']}/per_case.npz")
+    ev = make_evaluator(handle.evaluation, handle.split, handle.data.n_items, handle.params)
+    again = ev.evaluate(scorer(handle.model), "test")
+    assert (again.ranks == stored["test_ranks"]).all()
+    assert again.metrics == row["test"]

@@ -1,4 +1,5 @@
-"""Metrics: hand-computed cases and agreement with RecBole's evaluator."""
+"""Metrics: hand-computed cases, ties as the expected metric over the tied block, and
+agreement with RecBole's evaluator on tie-free scores."""
 
 from __future__ import annotations
 
@@ -28,24 +29,65 @@ def test_rank_full_excludes_history_and_padding_but_never_the_target():
     seq = torch.tensor([[3, 4, 0]])
     lens = torch.tensor([2])
     # without history: pad excluded, 3, 4, 5 beat the target -> rank 3
-    assert rank_full(scores, torch.tensor([2]), seq, torch.tensor([0])).tolist() == [3]
+    assert rank_full(scores, torch.tensor([2]), seq, torch.tensor([0]))[0].tolist() == [3]
     # with history 3 and 4 excluded -> only item 5 beats it
-    assert rank_full(scores, torch.tensor([2]), seq, lens).tolist() == [1]
+    assert rank_full(scores, torch.tensor([2]), seq, lens)[0].tolist() == [1]
     # a target seen before is still ranked (not excluded): target 3, history [3, 4]
-    assert rank_full(scores, torch.tensor([3]), seq, lens).tolist() == [0]
+    assert rank_full(scores, torch.tensor([3]), seq, lens)[0].tolist() == [0]
 
 
-def test_ties_are_broken_by_item_id():
+def test_ties_are_counted_not_broken_by_item_id():
     scores = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])
     none = torch.zeros((1, 1), dtype=torch.long)
-    ranks = [rank_full(scores, torch.tensor([t]), none, torch.tensor([0]))[0] for t in (1, 2, 4)]
-    assert ranks == [0, 1, 3]
+    for t in (1, 2, 4):  # the same for every target: nothing above, three others tied
+        ranks, ties = rank_full(scores, torch.tensor([t]), none, torch.tensor([0]))
+        assert (ranks.tolist(), ties.tolist()) == ([0], [3])
+    # history and padding are never tied with the target (pad's score equals the target's here)
+    scores = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5]])
+    ranks, ties = rank_full(scores, torch.tensor([1]), torch.tensor([[2]]), torch.tensor([1]))
+    assert (ranks.tolist(), ties.tolist()) == ([0], [1])  # only item 3 ties
+
+
+def test_a_partly_tied_case_by_hand():
+    # pad, then item 1 above the target 3, items 2 and 4 tied with it, item 5 below
+    scores = torch.tensor([[0.0, 5.0, 3.0, 3.0, 3.0, 1.0]])
+    none = torch.zeros((1, 1), dtype=torch.long)
+    ranks, ties = rank_full(scores, torch.tensor([3]), none, torch.tensor([0]))
+    assert (ranks.tolist(), ties.tolist()) == ([1], [2])
+    m = case_metrics(ranks, ks=(3, 5), ties=ties)  # the target is at rank 1, 2 or 3 (1/3 each)
+    assert m["hr@3"][0] == pytest.approx(2 / 3)
+    assert m["hr@5"][0] == pytest.approx(1.0)
+    assert m["ndcg@3"][0] == pytest.approx((1 / math.log2(3) + 1 / math.log2(4)) / 3)
+    assert m["ndcg@5"][0] == pytest.approx((1 / math.log2(3) + 1 / 2 + 1 / math.log2(5)) / 3)
+    assert m["mrr@3"][0] == pytest.approx((1 / 2 + 1 / 3) / 3)
+
+
+def test_tied_metrics_equal_the_mean_over_the_block():
+    rng = np.random.default_rng(1)
+    ranks, ties = rng.integers(0, 30, size=200), rng.integers(0, 15, size=200)
+    got = case_metrics(ranks, ks=(5, 10, 20), ties=ties)
+    for j in range(200):  # brute force: every rank the tied block can put the target at
+        block = case_metrics(np.arange(ranks[j], ranks[j] + ties[j] + 1), ks=(5, 10, 20))
+        for name, values in block.items():
+            assert got[name][j] == pytest.approx(values.mean(), abs=1e-12), name
+
+
+def test_no_ties_leave_the_metrics_unchanged():
+    ranks = np.array([0, 1, 4, 9, 10, 25])
+    plain, zero = case_metrics(ranks), case_metrics(ranks, ties=np.zeros(6, dtype=np.int64))
+    for name in plain:  # bit-identical, so old per-case files (no ties) give the same numbers
+        assert np.array_equal(plain[name], zero[name])
+    with pytest.raises(ValueError, match="shape"):
+        case_metrics(ranks, ties=np.zeros(5))
 
 
 def test_rank_among_sampled_candidates():
     scores = torch.tensor([[0.0, 0.5, 0.9, 0.1, 0.7]])
-    assert rank_among(scores, torch.tensor([1]), torch.tensor([[2, 3, 4]])).tolist() == [2]
-    assert rank_among(scores, torch.tensor([2]), torch.tensor([[1, 3, 4]])).tolist() == [0]
+    assert rank_among(scores, torch.tensor([1]), torch.tensor([[2, 3, 4]]))[0].tolist() == [2]
+    assert rank_among(scores, torch.tensor([2]), torch.tensor([[1, 3, 4]]))[0].tolist() == [0]
+    scores = torch.tensor([[0.0, 0.5, 0.5, 0.1, 0.5]])
+    ranks, ties = rank_among(scores, torch.tensor([1]), torch.tensor([[2, 3, 4]]))
+    assert (ranks.tolist(), ties.tolist()) == ([0], [2])
 
 
 def test_agrees_with_recbole_evaluator():
@@ -60,8 +102,9 @@ def test_agrees_with_recbole_evaluator():
     scores = torch.from_numpy(rng.normal(size=(n_users, n_items)).astype(np.float32))
     targets = torch.from_numpy(rng.integers(1, n_items, size=n_users))
     no_hist = torch.zeros((n_users, 1), dtype=torch.long)
-    ranks = rank_full(scores, targets, no_hist, torch.zeros(n_users, dtype=torch.long))
-    ours = {k: v.mean() for k, v in case_metrics(ranks, ks=(5, 10, 20)).items()}
+    ranks, ties = rank_full(scores, targets, no_hist, torch.zeros(n_users, dtype=torch.long))
+    assert ties.sum() == 0  # continuous scores: the tie handling is not exercised here
+    ours = {k: v.mean() for k, v in case_metrics(ranks, ks=(5, 10, 20), ties=ties).items()}
 
     # RecBole's path: top-k over the same masked scores, a boolean hit matrix, its metric classes
     masked = scores.clone()

@@ -308,24 +308,18 @@ def test_perturbations_reach_models_that_read_raw_content(vlm_run):
 def test_raw_content_model_never_reuses_clean_embeddings(vlm_run):
     """A trained VLM2Rec rebuilt under a perturbation gets its own table key; exactly the
     perturbed items' embeddings change."""
-    import torch
-
     from benchmark.encoders.inputs import selected_items
-    from benchmark.registry import get_model_spec
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import load_run
 
     tmp = vlm_run
     (root,) = (tmp / "data").glob("synthetic-*")
     data = load_dataset(root)
     run_dir = tmp / "results/accuracy/runs/synthetic/vlm2rec/seed-0"
-    spec = get_model_spec("vlm2rec")
-    params = spec.resolve("tiny")
     tables, keys = {}, {}
     for label, perturbation in (("clean", None),
                                 ("noisy", perturbation_spec("image_noise", 0.5, seed=1))):
-        model = build_model(spec, params, data, tmp / "scratch", 0, "cpu", None,
-                            tmp / "cache", perturbation=perturbation)
-        model.load_trainable_state(torch.load(run_dir / "model.pt", weights_only=True))
+        model = load_run(run_dir, data_dir=tmp / "data", cache_dir=tmp / "cache",
+                         perturbation=perturbation).model
         keys[label], tables[label] = model.table_key(), model.item_table().numpy()
     assert keys["clean"] != keys["noisy"]
     changed = set(np.flatnonzero(~np.isclose(tables["clean"], tables["noisy"]).all(1)).tolist())
@@ -368,6 +362,25 @@ def test_train_time_perturbation_trains_raw_content_models_on_perturbed_inputs(v
         assert train[(model, 1.0)]["metrics"] != train[(model, 0.0)]["metrics"]
     # the stage trained on text-less items is its own stage, not the clean one reused
     clean = json.loads((tmp / "results/accuracy/runs/synthetic/vlm2rec_sasrec/seed-0/result.json")
-                       .read_text())["provenance"]["content"]["vlm"]["stage_key"]
+                       .read_text())["provenance"]["content"]["stage"]["training_key"]
     perturbed = json.loads((derived / "vlm2rec_sasrec/seed-0/result.json").read_text())
-    assert perturbed["provenance"]["content"]["vlm"]["stage_key"] != clean
+    assert perturbed["provenance"]["content"]["stage"]["training_key"] != clean
+
+
+def test_robustness_and_diagnose_run_a_suite_of_variants(tmp_path, monkeypatch):
+    """Every suite works with every command: the vlm2rec-ablation suite's models are variants
+    of `vlm2rec` (registered only in the suite), and robustness and diagnose load their runs."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    common = _cli_args(tmp_path, 1, "--models", "vlm2rec-sft,vlm2rec-internal")
+    assert main(["robustness", "--suite", "vlm2rec-ablation", "--drop-image", "--rates", "0,1",
+                 *common]) == 0
+    assert main(["diagnose", "vlm2rec-ablation", *common]) == 0
+    suite_dir = tmp_path / "results/vlm2rec-ablation"
+    rows = json.loads((suite_dir / "robustness.json").read_text())["rows"]
+    assert {(r["model"], r["rate"]) for r in rows} == {
+        (m, x) for m in ("vlm2rec-sft", "vlm2rec-internal") for x in (0.0, 1.0)}
+    doc = json.loads((suite_dir / "diagnostics.json").read_text())
+    assert {e["model"] for e in doc["models"]} == {"vlm2rec-sft", "vlm2rec-internal"}
+    for e in doc["models"]:
+        assert not e["verdict"].startswith("not diagnosed"), e
+        assert "cka_image_text" in e["metrics"]

@@ -6,8 +6,8 @@ import torch
 
 from benchmark.data.dataset import load_dataset
 from benchmark.evaluation import Evaluator
+from benchmark.lifecycle import build_model
 from benchmark.registry import get_model_spec
-from benchmark.runner import build_model
 from benchmark.split import make_split
 from benchmark.training import Trainer, position_windows
 
@@ -28,7 +28,7 @@ def _trainer(data, split, tmp_path, seed, mode="all_positions", epochs=3, checkp
     spec = get_model_spec("sasrec")
     params = spec.resolve("tiny", {"epochs": epochs, "train_mode": mode, "patience": 10,
                                    "MAX_ITEM_LIST_LENGTH": 6, "batch_size": 16})
-    model = build_model(spec, params, data, tmp_path / "run", seed, "cpu")
+    model = build_model(spec, params, data, tmp_path / "run", seed, "cpu").model
     ev = Evaluator(split, data.n_items, params["MAX_ITEM_LIST_LENGTH"])
     return Trainer(model, params, split, ev, seed, checkpoint=checkpoint, progress=False)
 

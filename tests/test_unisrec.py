@@ -46,12 +46,12 @@ def data(tmp_path_factory):
 
 
 def build(data, tmp_path, monkeypatch, features=None, **overrides):
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
 
     patch_features(monkeypatch, features or text_features(data.n_items, missing=(5,)))
     spec = get_model_spec("unisrec")
     params = spec.resolve("tiny", {"MAX_ITEM_LIST_LENGTH": 8, **overrides})
-    return build_model(spec, params, data, tmp_path / "run", SEED, "cpu", cache_dir=tmp_path)
+    return build_model(spec, params, data, tmp_path / "run", SEED, "cpu", cache_dir=tmp_path).model
 
 
 def batch(n_items: int, b: int = 6, length: int = 8, seed: int = 0):
@@ -225,7 +225,7 @@ def test_pretrain_loss_decreases_and_freezes_encoder(data, tmp_path, monkeypatch
 def test_learns_from_text_and_pretrain_stage_runs(tmp_path, monkeypatch):
     """Text that encodes item identity (one-hot): an inductive model beats chance by far."""
     from benchmark.evaluation import Evaluator
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
     from benchmark.split import make_split
     from benchmark.training import Trainer
 
@@ -242,7 +242,7 @@ def test_learns_from_text_and_pretrain_stage_runs(tmp_path, monkeypatch):
                                    "epochs": 12, "batch_size": 64, "learning_rate": 3e-3,
                                    "pretrain_epochs": 2})
     model = build_model(spec, params, data, tmp_path / "run", SEED, "cpu", split,
-                        cache_dir=tmp_path)
+                        cache_dir=tmp_path).model
     evaluator = Evaluator(split, data.n_items, params["MAX_ITEM_LIST_LENGTH"])
     trainer = Trainer(model, params, split, evaluator, seed=SEED, progress=False)
     untrained = trainer.evaluate("test").metrics  # chance level

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from benchmark.evaluation import Evaluator
+from benchmark.lifecycle import build_model
 from benchmark.registry import get_model_spec
-from benchmark.runner import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"history_len": 3, "max_text_tokens": 8, "batch_size": 8, "eval_batch_size": 64,
@@ -41,6 +41,11 @@ def world(tmp_path_factory):
 
 
 def _build(world, name="vlm2rec", seed=0, fresh_stages=True, **overrides):
+    handle, params, ev = _handle(world, name, seed, fresh_stages, **overrides)
+    return handle.model, params, ev
+
+
+def _handle(world, name="vlm2rec", seed=0, fresh_stages=True, **overrides):
     data, split, tmp = world
     spec = get_model_spec(name)
     small = {k: v for k, v in SMALL.items() if k in spec.all_defaults()}
@@ -49,13 +54,14 @@ def _build(world, name="vlm2rec", seed=0, fresh_stages=True, **overrides):
                  "stage1_overrides": {**SMALL, "epochs": 1}}
     params = spec.resolve("tiny", {**small, **overrides})
     cache = tmp / "cache"
-    if fresh_stages:  # trained stages are shared through the cache: start from none
+    if fresh_stages:  # trainings and tables are shared through the cache: start from none
         shutil.rmtree(cache / "vlm2rec", ignore_errors=True)
-    model = build_model(spec, params, data, tmp / "runs" / name, seed, "cpu", split,
-                        cache_dir=cache)
+        shutil.rmtree(cache / "trained", ignore_errors=True)
+    handle = build_model(spec, params, data, tmp / "runs" / name, seed, "cpu", split,
+                         cache_dir=cache)
     ev = Evaluator(split, data.n_items, params["MAX_ITEM_LIST_LENGTH"],
                    batch_size=params["eval_batch_size"])
-    return model, params, ev
+    return handle, params, ev
 
 
 def _batch(world, model, n=8):
@@ -132,7 +138,7 @@ def test_fit_reports_diagnostics_every_step_with_missing_images(world):
                         on_step=lambda i, row: steps.append((i, row)),
                         on_epoch=lambda i, row: epochs.append(row))
     assert [i for i, _ in steps] == list(range(len(steps))) and len(steps) > 2
-    assert model.step_log == [row for _, row in steps]
+    assert outcome.steps == [row for _, row in steps]
     for i, row in steps:
         assert {"rho", "weak", "beta", "p_text", "p_image", "lr", "l_cl"} <= set(row)
         assert row["weak"] in ("text", "image") and row["rho"] >= 1
@@ -151,7 +157,7 @@ class _Crash(Exception):
 def test_resume_continues_exactly(world):
     _, split, tmp = world
     straight, _, ev = _build(world, epochs=2)
-    straight.fit(split, ev, seed=2, progress=False)
+    reference = straight.fit(split, ev, seed=2, progress=False)
 
     ckpt = tmp / "resume" / "checkpoint.pt"
 
@@ -166,35 +172,35 @@ def test_resume_continues_exactly(world):
     second, _, ev = _build(world, epochs=2)
     outcome = second.fit(split, ev, seed=2, checkpoint=ckpt, resume=True, progress=False)
     assert outcome.resumed_from == 1
-    assert [r["loss"] for r in second.step_log] == [r["loss"] for r in straight.step_log]
+    assert [r["loss"] for r in outcome.steps] == [r["loss"] for r in reference.steps]
     for (n, a), b in zip(straight.trainable_state().items(), second.trainable_state().values()):
         assert torch.equal(a, b), n
 
 
-def test_published_stage_is_reused_and_sasrec_reads_its_table(world, monkeypatch):
-    import benchmark.runner
+def test_published_training_is_reused_and_sasrec_reads_its_table(world, monkeypatch):
     import methods.vlm2rec.train
+    from benchmark import lifecycle
 
     data, split, _ = world
-    model, _, ev = _build(world, epochs=1)
-    model.fit(split, ev, seed=0, progress=False)
-    table = model.item_table().clone()
-    again, _, ev = _build(world, epochs=1, fresh_stages=False)
+    handle, _, ev = _handle(world, epochs=1)
+    first = lifecycle.train(handle, split, ev)
+    table = handle.model.item_table().clone()
+    again, _, ev = _handle(world, epochs=1, fresh_stages=False)
 
     def no_training(*args, **kwargs):
-        raise AssertionError("the published stage should have been reused")
+        raise AssertionError("the published training should have been reused")
 
     monkeypatch.setattr(methods.vlm2rec.train.ContrastiveTrainer, "fit", no_training)
     steps = []
-    again.fit(split, ev, seed=0, progress=False, on_step=lambda i, row: steps.append(row))
-    assert again.stage_reused and steps == model.step_log
-    assert torch.equal(again.item_table(), table)
+    lifecycle.train(again, split, ev, on_step=lambda i, row: steps.append(row))
+    assert again.training_key == handle.training_key and steps == first.steps
+    assert torch.equal(again.model.item_table(), table)
 
-    sr, _, sr_ev = _build(world, "vlm2rec_sasrec", fresh_stages=False)
-    monkeypatch.setattr(benchmark.runner, "build_model", no_training)  # no backbone loaded
-    sr.fit(split, sr_ev, seed=0, progress=False)
-    assert torch.equal(sr.item_embedding.frozen, table.cpu())  # the stage was not retrained
-    scores = sr.full_sort_predict(_interaction(sr, sr_ev))
+    sr, _, sr_ev = _handle(world, "vlm2rec_sasrec", fresh_stages=False)
+    lifecycle.train(sr, split, sr_ev)  # its stage: the published training, not retrained
+    assert torch.equal(sr.model.item_embedding.frozen, table.cpu())
+    assert sr.stage.training_key == handle.training_key
+    scores = sr.model.full_sort_predict(_interaction(sr.model, sr_ev))
     assert scores.shape == (12, data.n_items) and torch.isfinite(scores).all()
 
 
@@ -206,11 +212,14 @@ def _interaction(model, ev):
 
 
 def test_sasrec_trains_the_stage_when_none_is_published(world):
+    from benchmark import lifecycle
+
     _, split, _ = world
-    sr, _, ev = _build(world, "vlm2rec_sasrec")
-    assert sr.item_embedding.frozen.abs().sum() == 0
-    sr.fit(split, ev, seed=0, progress=False)
-    assert sr.item_embedding.frozen.abs().sum() > 0 and sr.step_log
+    sr, _, ev = _handle(world, "vlm2rec_sasrec")
+    assert sr.model.item_embedding.frozen.abs().sum() == 0
+    lifecycle.train(sr, split, ev)
+    assert sr.model.item_embedding.frozen.abs().sum() > 0 and sr.stage.outcome.steps
+    assert (sr.run_dir / "stage" / "adapter_model.safetensors").is_file()
 
 
 def test_modality_dropout_at_test_time(world):
@@ -235,7 +244,9 @@ def test_runner_trains_through_fit_and_stores_the_adapter_only(world, tmp_path):
     rows = run_suite(suite, Options(results_dir=tmp_path, tracking=False, progress=False,
                                     cache_dir=tmp / "runner-cache"))
     assert rows[0]["status"] == "ok" and rows[0]["epochs"] == 1
-    state = torch.load(Path(rows[0]["run_dir"]) / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    state = load_file(Path(rows[0]["run_dir"]) / "weights" / "adapter_model.safetensors")
     assert state and all("lora" in k for k in state)
 
 
@@ -249,7 +260,7 @@ DDP_SCRIPT = textwrap.dedent('''
     from benchmark.data.dataset import load_dataset
     from benchmark.evaluation import Evaluator
     from benchmark.registry import get_model_spec
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
     from benchmark.split import make_split
     from methods.vlm2rec.model import tensor_hash
 
@@ -258,13 +269,13 @@ DDP_SCRIPT = textwrap.dedent('''
     split = make_split(data)
     spec = get_model_spec("vlm2rec")
     params = spec.resolve("tiny", {SMALL})
-    model = build_model(spec, params, data, out / "run", 0, "cpu", split, cache_dir=cache)
+    model = build_model(spec, params, data, out / "run", 0, "cpu", split, cache_dir=cache).model
     ev = Evaluator(split, data.n_items, params["MAX_ITEM_LIST_LENGTH"])
-    model.fit(split, ev, seed=0, checkpoint=out / "checkpoint.pt", progress=False)
+    outcome = model.fit(split, ev, seed=0, checkpoint=out / "checkpoint.pt", progress=False)
     rank = dist.get_rank()
     (out / f"rank{{rank}}.txt").write_text(
         f"{{dist.get_world_size()}} {{tensor_hash(model.trainable_state())}} "
-        f"{{len(model.step_log)}}")
+        f"{{len(outcome.steps)}}")
 ''')
 
 

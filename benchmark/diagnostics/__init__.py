@@ -167,7 +167,7 @@ TRAINING_SERIES = ("p_text", "p_image", "rho", "beta", "grad_text", "grad_image"
 def training_series(run_dir) -> dict[str, list]:
     """``{"step": [...], name: [value or None, ...]}`` from a run's per-step log ({} if none)."""
     from ..io import read_json
-    from ..runner import STEPS_FILE
+    from ..lifecycle import STEPS_FILE
 
     path = run_dir / STEPS_FILE
     if not path.is_file():
@@ -185,49 +185,37 @@ def training_series(run_dir) -> dict[str, list]:
 
 def model_tables(suite, prep, model_name: str, seed: int, opts) -> dict[str, float]:
     """Topology, structure and health measures of a trained run's item tables: its declared
-    content features, or its own unimodal tables (``modality_tables()``), against the fused
-    item table it scores with."""
+    content features, or its own unimodal tables (capability ``modality_tables``), against the
+    fused item table it scores with (capability ``item_table``)."""
     import torch
 
+    from ..contract import capabilities
     from ..encoders import prepare_features
-    from ..registry import get_model_spec
+    from ..lifecycle import default_cache_dir
     from ..robustness import load_trained
-    from ..runner import default_cache_dir
 
-    mspec = get_model_spec(model_name)
-    if not (mspec.features or hasattr(mspec.load(), "modality_tables")):
+    mspec = suite.spec(model_name)
+    if not (mspec.features or capabilities(mspec.load()).modality_tables):
         return {}
-    model, _ = load_trained(suite, prep, model_name, seed, None, opts)
+    handle = load_trained(suite, prep, model_name, seed, None, opts)
+    model = handle.model
     with torch.no_grad():
-        if hasattr(model, "modality_tables"):
+        if handle.caps.modality_tables:
             tables = model.modality_tables()
         else:
-            params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
             tables = prepare_features(prep.data, prep.split,
-                                      {m: params[p] for m, p in mspec.features.items()},
+                                      {m: handle.params[p] for m, p in mspec.features.items()},
                                       opts.cache_dir or default_cache_dir(),
                                       device=opts.device, seed=seed)
-        fused = fused_item_table(model)
+        fused = (model.item_table().detach().float().cpu().numpy()
+                 if handle.caps.item_table else None)
     return feature_diagnostics(tables, fused=fused)
-
-
-def fused_item_table(model) -> np.ndarray | None:
-    """The (n_items, d) item table a model scores with (``item_table()`` or its item
-    embedding's weight), or None when it has neither."""
-    if callable(getattr(model, "item_table", None)):
-        table = model.item_table()
-    elif hasattr(getattr(model, "item_embedding", None), "weight"):
-        table = model.item_embedding.weight
-    else:
-        return None
-    return table.detach().float().cpu().numpy()
 
 
 def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
     """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts, the
     table measures and training series of every run of a suite; writes
     ``<suite>/diagnostics.json``."""
-    from ..registry import get_model_spec
     from ..robustness import run_folder, run_robustness
     from ..runner import prepare_dataset
 
@@ -237,7 +225,7 @@ def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESH
     for entry in suite.datasets:
         prep = prepare_dataset(entry, suite, opts)
         for model_name in suite.models:
-            mspec = get_model_spec(model_name)
+            mspec = suite.spec(model_name)
             for seed in suite.seeds:
                 key = (entry.label, model_name, seed)
                 clean, no_img, no_txt = (_lookup(rows, key, "drop_image", 0.0, metric),

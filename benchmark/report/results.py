@@ -1,7 +1,7 @@
 """Stored results of a suite, as the report reads them (never written here).
 
 Required: ``<suite_dir>/summary.json`` (rows written by :mod:`benchmark.runner`) and, per run,
-``result.json`` (provenance card, training history) and ``per_case.npz`` (ranks of every case).
+``result.json`` (provenance card, training history) and ``per_case.npz`` (ranks and ties of every case).
 Optional, produced by other commands (formats in ``docs/reports.md``):
 ``<suite_dir>/robustness.json``, ``<suite_dir>/diagnostics.json`` and
 ``<results>/<suite>-sweep/sweep.json`` (or ``<suite_dir>/sweep.json``).
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..evaluation import case_metrics
+from ..evaluation import case_metrics, stored_cases
 from ..io import read_json
 
 METRIC_RE = re.compile(r"^(hr|ndcg|mrr)@(\d+)$")
@@ -56,13 +56,14 @@ class Run:
         path = self.run_dir / "result.json"
         return _read(path) if path.exists() else None
 
-    def test_cases(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Users and 0-based ranks of the test cases, or None when ``per_case.npz`` is missing."""
+    def test_cases(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Users, 0-based ranks and ties of the test cases (zero ties in files written before
+        ties were stored), or None when ``per_case.npz`` is missing."""
         path = self.run_dir / "per_case.npz"
         if not path.exists():
             return None
         with np.load(path) as npz:
-            return npz["test_users"], npz["test_ranks"]
+            return stored_cases(npz, "test")
 
 
 @dataclass
@@ -185,9 +186,11 @@ def _sweep(path: Path) -> dict | None:
     return sweep
 
 
-def per_user(users: np.ndarray, ranks: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted user ids and each user's mean per-case metric (one case per user under LOO)."""
-    values = case_metrics(ranks, ks=(metric_k(metric),))[metric]
+def per_user(users: np.ndarray, ranks: np.ndarray, metric: str,
+             ties: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted user ids and each user's mean per-case metric (one case per user under LOO),
+    ties counted as in the evaluator (expected metric over the tied block)."""
+    values = case_metrics(ranks, ks=(metric_k(metric),), ties=ties)[metric]
     uniq, inverse = np.unique(np.asarray(users), return_inverse=True)
     return uniq, np.bincount(inverse, weights=values) / np.bincount(inverse)
 
@@ -200,7 +203,8 @@ def seed_averaged(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray]
         cases = run.test_cases()
         if cases is None:
             return None
-        per_seed.append(per_user(*cases, metric))
+        users, ranks, ties = cases
+        per_seed.append(per_user(users, ranks, metric, ties))
     common = per_seed[0][0]
     for users, _ in per_seed[1:]:
         common = np.intersect1d(common, users)

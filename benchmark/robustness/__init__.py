@@ -1,9 +1,10 @@
 """Robustness: test-time perturbations of the item content, swept over rates.
 
-A perturbation acts on the encoder inputs (:mod:`benchmark.encoders.inputs`): the model is
-rebuilt on the same dataset with its content features computed from perturbed inputs (a new
-embedding cache key, so clean embeddings are never reused), the run's clean ``model.pt`` weights
-are loaded, and the test split is evaluated by the common :class:`~benchmark.evaluation.Evaluator`.
+A perturbation acts on the encoder inputs (:mod:`benchmark.encoders.inputs`): the run is loaded
+back (:func:`benchmark.lifecycle.load_run`) on the same dataset with its content features computed
+from perturbed inputs (a new embedding cache key, so clean embeddings are never reused) and its
+clean trained weights, and the test split is evaluated by the common
+:class:`~benchmark.evaluation.Evaluator`.
 The perturbed items are chosen by the perturbation seed alone, so every model sees the same ones.
 
 Layout, in ``<results>/<suite>/``::
@@ -61,76 +62,31 @@ def unsupported(spec, name: str) -> str | None:
     return None
 
 
-def load_weights(model, path: Path, device: str) -> list[str]:
-    """Load a run's stored weights into a model rebuilt on perturbed features; returns the
-    state-dict keys left at their (seeded) initialisation.
-
-    Content tables are non-persistent buffers (absent from the state dict); a model that keeps
-    a content table in its state dict names it in ``content_buffers`` and it is not overwritten.
-    A parameter that exists only because of the perturbed content (UniSRec's vector for items
-    without text, when the clean data had none) keeps its initialisation, with a warning.
-    """
-    import torch
-
-    state = torch.load(path, map_location=device, weights_only=True)
-    keep = set(getattr(model, "content_buffers", ()))
-    state = {k: v for k, v in state.items() if k not in keep}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ConfigError(f"{path}: stored weights do not fit the model (unexpected "
-                          f"{unexpected[:3]})")
-    fresh = [k for k in missing if k not in keep]
-    if fresh and not hasattr(model, "saved_state_dict"):  # VLM2Rec stores only its adapter
-        log.warning("%s: %s not in the stored weights (created by the perturbed content); "
-                    "left at initialisation", path, ", ".join(fresh[:5]))
-        return fresh
-    return []
-
-
 def load_trained(suite: Suite, prep, model_name: str, seed: int, spec: dict | None, opts):
-    """A trained run's model rebuilt on (perturbed, when ``spec`` is given) content with its
-    stored weights, in eval mode: (model, keys left at initialisation)."""
-    from ..registry import get_model_spec
-    from ..runner import build_model
+    """A trained run of the suite rebuilt on (perturbed, when ``spec`` is given) content with
+    its stored weights, in eval mode (:func:`benchmark.lifecycle.load_run`)."""
+    from ..lifecycle import load_run
 
-    mspec = get_model_spec(model_name)
-    params = mspec.resolve(suite.preset, suite.model_overrides(model_name))
-    run_dir = run_folder(suite, prep, model_name, seed, opts)
-    model = build_model(mspec, params, prep.data, run_dir, seed, opts.device, prep.split,
-                        opts.cache_dir, False, perturbation=spec)
-    fresh = load_weights(model, run_dir / "model.pt", opts.device)
-    return model.eval(), fresh
+    return load_run(run_folder(suite, prep, model_name, seed, opts), prep=prep,
+                    cache_dir=opts.cache_dir, device=opts.device, perturbation=spec)
 
 
 def evaluate_perturbed(suite: Suite, prep, model_name: str, seed: int, spec: dict | None,
                        opts):
     """Test-time evaluation of a trained run under a perturbation spec (None: clean):
     (the test :class:`~benchmark.evaluation.EvalResult`, keys left at initialisation)."""
-    from ..evaluation import Evaluator
-    from ..registry import get_model_spec
+    from ..lifecycle import make_evaluator, scorer
 
-    params = get_model_spec(model_name).resolve(suite.preset, suite.model_overrides(model_name))
-    model, fresh = load_trained(suite, prep, model_name, seed, spec, opts)
-    ev = suite.evaluation
-    evaluator = Evaluator(prep.split, prep.data.n_items, params.get("MAX_ITEM_LIST_LENGTH", 50),
-                          mode=ev["mode"], n_negatives=ev.get("n_negatives", 100),
-                          ks=ev.get("ks", (5, 10, 20)),
-                          batch_size=params.get("eval_batch_size", 512),
-                          candidate_seed=int(ev.get("candidate_seed", 0)),
-                          case_labels=prep.labels)
-
-    def score(users, seq, lens):
-        from recbole.data.interaction import Interaction
-
-        return model.full_sort_predict(Interaction(
-            {model.USER_ID: users, model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lens}
-        ).to(opts.device))
-
-    return evaluator.evaluate(score, "test"), fresh
+    handle = load_trained(suite, prep, model_name, seed, spec, opts)
+    evaluator = make_evaluator(suite.evaluation, prep.split, prep.data.n_items, handle.params,
+                               prep.labels)
+    return evaluator.evaluate(scorer(handle.model, opts.device), "test"), handle.fresh
 
 
 def run_folder(suite: Suite, prep, model_name: str, seed: int, opts) -> Path:
-    return opts.results_dir / suite.name / "runs" / prep.entry.label / model_name / f"seed-{seed}"
+    from ..lifecycle import run_folder as folder
+
+    return folder(opts.results_dir, suite.name, prep.entry.label, model_name, seed)
 
 
 def _rate_label(rate: float) -> str:
@@ -142,10 +98,9 @@ def train_time_rows(suite: Suite, name: str, rates: list[float], opts,
     """Train-time robustness: the suite's models trained and evaluated on perturbed content,
     one derived suite ``<suite>-train-<name>@<rate>`` per rate (a normal, resumable run);
     rows labelled ``<name>+train`` (rate 0: the clean suite's own runs)."""
-    from ..registry import get_model_spec
     from ..runner import run_suite
 
-    models = [m for m in suite.models if unsupported(get_model_spec(m), name) is None]
+    models = [m for m in suite.models if unsupported(suite.spec(m), name) is None]
     rows = []
     for rate in rates:
         spec = perturbation_spec(name, rate, seed)
@@ -193,13 +148,11 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
     parent = tracker.start(f"{suite.name}/robustness",
                            params={"perturbations": perturbations, "rates": rates,
                                    "perturbation_seed": seed})
-    from ..registry import get_model_spec
-
     try:
         for entry in suite.datasets:
             prep = prepare_dataset(entry, suite, opts)
             for model_name in suite.models:
-                mspec = get_model_spec(model_name)
+                mspec = suite.spec(model_name)
                 for s in suite.seeds:
                     run_dir = run_folder(suite, prep, model_name, s, opts)
                     run_hash = read_json(run_dir / "result.json")["config_hash"]
@@ -231,7 +184,7 @@ def run_robustness(suite: Suite, perturbations: list[str], rates: list[float], o
                             npz = (suite_dir / "robustness" / entry.label / model_name /
                                    f"seed-{s}" / f"{name}@{_rate_label(rate)}.npz")
                             npz.parent.mkdir(parents=True, exist_ok=True)
-                            _save_npz(npz, test_users=result.users, test_ranks=result.ranks)
+                            _save_npz(npz, **result.arrays())
                             run_id = tracker.start(
                                 f"{entry.label}/{model_name}/seed-{s}/{name}@{rate:g}",
                                 params={"model": model_name, "dataset": entry.label, "seed": s,

@@ -4,30 +4,23 @@ scored through the harness's common evaluator.
 - :class:`VLM2Rec` (``vlm2rec``, direct ranking): ``score(u, i) = cos(h_u, e_i)``, the user
   embedded from the last ``history_len`` items of the input sequence, the item table ``{e_i}``
   encoded once per adapter and cached on disk. Trained by its own loop
-  (:mod:`methods.vlm2rec.train`) through ``fit``, which the runner calls when a model has one.
+  (:mod:`methods.vlm2rec.train`) through ``fit``; its training is shared (the harness publishes it
+  in the cache, :func:`benchmark.lifecycle.train`), so a ``vlm2rec`` run and a ``vlm2rec_sasrec``
+  stage of the same settings train once.
 - :class:`VLM2RecSASRec` (``vlm2rec_sasrec``, SR initialisation): SASRec whose item table is a
-  2-layer MLP adapter (LLMEmb-style) over the frozen table of a trained VLM2Rec, then trained by
-  the harness :class:`~benchmark.training.Trainer` as usual.
+  2-layer MLP adapter (LLMEmb-style) over the frozen table of a trained VLM2Rec, its registry
+  entry's stage: the harness trains (or reuses) that VLM2Rec first and hands it over through
+  ``use_stage``; then the harness Trainer trains SASRec as usual.
 
-Sharing the trained VLM2Rec between the two: a finished VLM2Rec training is published in the
-embedding cache under a *stage key* (all ``vlm2rec`` parameters, seed, dataset content hash,
-split checksum and evaluator settings): ``<cache>/vlm2rec/stages/<key>/`` holds the adapter,
-the training outcome and per-step diagnostics, and the key of its item table. Whichever of the
-two models needs that stage first trains it; the other reuses it. Item tables live in
-``<cache>/vlm2rec/item-tables/<key>.npz``, keyed by the adapter's content hash, the backbone's
-hash, the encoding settings, the input modalities and the dataset.
+Item tables live in ``<cache>/vlm2rec/item-tables/<key>.npz``, keyed by the adapter's content
+hash, the backbone's hash, the encoding settings, the input modalities and the dataset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
-import random
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -42,30 +35,20 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from baselines.sasrec import SASRec
+from benchmark.contract import Capabilities
 from benchmark.errors import ConfigError
-from benchmark.io import atomic_write, atomic_write_json, build_dir_once, read_json, stable_hash
+from benchmark.io import atomic_write, build_dir_once, stable_hash
 from benchmark.training import TrainOutcome
 
 from .losses import MODALITIES, Objective, info_nce
 
 log = logging.getLogger(__name__)
 
-STAGE_VERSION = 1  # bump when training or encoding changes what a stage computes
 TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm)")
 TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
-STAGE_ADAPTER = "adapter.pt"  # a vlm2rec_sasrec run's copy of its VLM2Rec stage's adapter
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def cache_root(config) -> Path:
-    """The embedding cache (``cache_dir`` given by the runner, else the harness default)."""
-    if config["cache_dir"]:
-        return Path(config["cache_dir"])
-    from benchmark.runner import default_cache_dir
-
-    return default_cache_dir()
-
 
 def resolve_vlm(name: str, data, cache_dir: Path) -> Path:
     """The local checkpoint folder of ``name``: a hub name or folder, or ``tiny-<family>`` /
@@ -124,20 +107,6 @@ def tensor_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:32]
 
 
-def evaluator_settings(evaluator) -> dict:
-    """What of an evaluator decides early stopping (part of the stage key)."""
-    return {"mode": evaluator.mode, "n_negatives": evaluator.n_negatives,
-            "candidate_seed": evaluator.candidate_seed, "max_len": evaluator.max_len,
-            "exclude_history": evaluator.exclude_history}
-
-
-def registry_params(name: str, config) -> dict:
-    """A model's flat registry parameters, read back from its RecBole config."""
-    from benchmark.registry import get_model_spec
-
-    return {k: config[k] for k in get_model_spec(name).all_defaults()}
-
-
 def embed_dtype(params: dict, device) -> str:
     """bf16 weights only on a CUDA device that supports them (``bf16`` parameter)."""
     cuda = torch.device(device).type == "cuda"
@@ -156,69 +125,6 @@ def encoding_settings(params: dict, vlm_path: Path, data, device,
     if perturbation is not None:
         out["perturbation"] = perturbation
     return out
-
-
-def stage_key(params: dict, encoding: dict, seed: int, split, evaluator) -> str:
-    """Identity of one VLM2Rec training: every parameter, the backbone and encoding, the seed,
-    the split and the evaluator settings that drive early stopping."""
-    return stable_hash({"version": STAGE_VERSION, "params": params, "encoding": encoding,
-                        "seed": seed, "split": split.checksum,
-                        "evaluator": evaluator_settings(evaluator)}, length=32)
-
-
-@contextlib.contextmanager
-def preserved_rng():
-    """Run a block without disturbing the caller's random streams (python, numpy, torch)."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-class StageStore:
-    """A published VLM2Rec training: ``adapter.pt``, ``stage.json`` (outcome, step log, the
-    item table's key). Written once, atomically (a folder renamed into place)."""
-
-    def __init__(self, root: Path, key: str):
-        self.key, self.path = key, root / "vlm2rec" / "stages" / key
-
-    def done(self) -> bool:
-        return (self.path / "stage.json").is_file()
-
-    def read(self) -> dict:
-        return read_json(self.path / "stage.json")
-
-    def adapter(self) -> dict[str, torch.Tensor]:
-        return torch.load(self.path / "adapter.pt", map_location="cpu", weights_only=True)
-
-    def publish(self, adapter: dict, record: dict) -> None:
-        if self.done():
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.key}.", dir=self.path.parent))
-        try:
-            torch.save(adapter, tmp / "adapter.pt")
-            atomic_write_json(tmp / "stage.json", record)
-            try:
-                os.rename(tmp, self.path)
-            except OSError:  # published concurrently
-                if not self.done():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def table_path(cache_dir: Path, key: str) -> Path:
@@ -251,17 +157,19 @@ class VLM2Rec(SequentialRecommender):
     all items (column 0, padding, is -inf).
     """
 
-    REGISTRY_NAME = "vlm2rec"
+    HARNESS = Capabilities(training="own", weights="adapter", item_table=True,
+                           modality_tables=True, input_modalities=True, provenance=True,
+                           shared_training=True)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         from .embedder import VLMEmbedder
 
         self.config = config
-        self.params = registry_params(self.REGISTRY_NAME, config)
+        self.params = config["harness_params"]
         self.data = dataset.data
         self.history_len = int(config["history_len"])
-        self.cache_dir = cache_root(config)
+        self.cache_dir = Path(config["cache_dir"])
         self.objective = Objective(
             tau=config["tau"], lambda_w=config["lambda_w"], lambda_r=config["lambda_r"],
             gamma=config["gamma"], alpha=config["alpha"], tau_r=config["tau_r"],
@@ -287,8 +195,7 @@ class VLM2Rec(SequentialRecommender):
         self.contents = item_contents(self.data, self.perturbation)
         self.input_modalities: tuple[str, ...] = MODALITIES
         self.probe_grads = False  # set by the trainer on the steps that measure gradients
-        self.step_log: list[dict] = []
-        self.stage_reused: str | None = None
+        self.step_log: list[dict] = []  # calculate_loss's diagnostics (RecBole's own Trainer)
         self._adapter_key: tuple[tuple, str] = ((), "")
         self._table: tuple[str, torch.Tensor] | None = None
         self._users: tuple[str, dict[tuple, torch.Tensor]] = ("", {})
@@ -365,40 +272,29 @@ class VLM2Rec(SequentialRecommender):
             for name, value in state.items():
                 params[name].copy_(value)  # in place: bumps the version, the table goes stale
 
-    def saved_state_dict(self) -> dict[str, torch.Tensor]:
-        """What the runner stores as ``model.pt``: the adapter, not the frozen backbone."""
-        return self.trainable_state()
+    def save_adapter(self, folder: Path) -> Path:
+        """The trained weights: the LoRA adapter in peft's format (not the frozen backbone)."""
+        return self.embedder.save_adapter(folder)
+
+    def load_adapter(self, folder: Path) -> None:
+        self.embedder.load_adapter(folder)
+
+    def training_identity(self) -> dict:
+        """What, besides its parameters, seed, split and evaluator, decides what training
+        computes (the key of a shared training): the backbone and the encoding settings."""
+        return self.encoding
 
     def fit(self, split, evaluator, *, seed: int, checkpoint: Path | None = None,
             resume: bool = False, progress: bool = True, on_epoch=None,
             on_step=None) -> TrainOutcome:
-        """Train (or reuse the published training of the same stage key), restore the best
-        adapter, publish it and cache its item table. Callbacks get (index, row)."""
+        """The contrastive SFT loop; the best adapter restored and its item table cached."""
         from .train import ContrastiveTrainer
 
-        stage = StageStore(self.cache_dir,
-                           stage_key(self.params, self.encoding, seed, split, evaluator))
-        if stage.done():
-            record = stage.read()
-            self.load_trainable_state(stage.adapter())
-            self.step_log, self.stage_reused = record["steps"], stage.key
-            log.info("VLM2Rec: reusing the trained stage %s", stage.path)
-            for row in self.step_log if on_step else ():
-                on_step(row["step"], row)
-            for row in record["outcome"]["history"] if on_epoch else ():
-                on_epoch(row["epoch"], row)
-            self.eval()
-            return TrainOutcome(**record["outcome"])
         trainer = ContrastiveTrainer(self, self.params, split, evaluator, seed,
                                      checkpoint, progress, on_epoch, on_step)
         outcome = trainer.fit(resume=resume)
-        self.step_log = trainer.step_log
-        if _rank() == 0:
-            table_key = self.table_key()
-            save_table(table_path(self.cache_dir, table_key), self.item_table())
-            stage.publish(self.trainable_state(), {
-                "outcome": vars(outcome), "steps": self.step_log, "table_key": table_key,
-                "embedder": self.embedder.info()})
+        if trainer.is_main:
+            save_table(table_path(self.cache_dir, self.table_key()), self.item_table())
         return outcome
 
     # -- scoring ------------------------------------------------------------------------------
@@ -533,26 +429,26 @@ class AdaptedTable(nn.Module):
 class VLM2RecSASRec(SASRec):
     """SASRec initialised from VLM2Rec item embeddings (docs/vlm2rec.md §6, mode 2).
 
-    ``fit`` first obtains the trained VLM2Rec item table: the ``vlm2rec`` model under the
-    preset ``stage1_preset`` and the overrides ``stage1_overrides``, same seed, same split,
-    same evaluator settings; read from the cache when that stage was published (by a
-    ``vlm2rec`` run or an earlier ``vlm2rec_sasrec`` run), else trained and published now.
-    Then the harness Trainer trains SASRec with the table frozen and the adapter learned. Until
-    ``fit`` has run, the table is zeros.
+    Its registry entry's stage is the ``vlm2rec`` model under the preset ``stage1_preset`` and
+    the overrides ``stage1_overrides`` (same seed, split and evaluation settings): the harness
+    trains it first, or reuses its published training, and hands it over through
+    :meth:`use_stage`; this model then freezes the stage's item table (computed from the
+    content it was built on, perturbed or clean) and learns the adapter and SASRec on top.
+    Until a stage is given, the table is zeros.
     """
 
-    REGISTRY_NAME = "vlm2rec_sasrec"
+    HARNESS = Capabilities(all_positions=True, train_split=True, stage=True, item_table=True,
+                           modality_tables=True, provenance=True,
+                           content_buffers=("item_embedding.frozen",))
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        from benchmark.registry import get_model_spec
-
         self.config = config
-        self.params = registry_params(self.REGISTRY_NAME, config)
+        self.params = config["harness_params"]
         self.data = dataset.data
-        self.cache_dir = cache_root(config)
-        self.stage_params = get_model_spec(self.REGISTRY_NAME).stage_params(self.params)
-        self.vlm_path = resolve_vlm(self.stage_params["vlm"], self.data, self.cache_dir)
+        # the stage's resolved parameters, given by the harness (its registry entry's stage)
+        self.vlm_path = resolve_vlm(config["stage_params"]["vlm"], self.data,
+                                    Path(config["cache_dir"]))
         from transformers import AutoConfig
 
         vlm_config = AutoConfig.from_pretrained(self.vlm_path)  # the size, not the weights
@@ -560,105 +456,29 @@ class VLM2RecSASRec(SASRec):
         self.item_embedding = AdaptedTable(self.n_items, dim, config["hidden_size"],
                                            config["hidden_dropout_prob"])
         self.item_embedding.apply(self._init_weights)
-        self.stage_key: str | None = None
-        self.step_log: list[dict] = []
-        self.perturbation = config["perturbation"]
-        self.run_stage_dir = Path(config["checkpoint_dir"]).parent / "vlm2rec-stage"
-        if self.perturbation is not None and self.run_stage_dir.joinpath(STAGE_ADAPTER).is_file():
-            # a trained run evaluated under perturbed content: its stage's adapter re-encodes
-            # the items, and the stored (clean) table must not overwrite that
-            self.content_buffers = ("item_embedding.frozen",)
-            self.set_item_table(self.encode_with_stage_adapter(config["seed"]))
-        elif self.perturbation is not None and self.run_stage_dir.parent.joinpath(
-                "result.json").is_file():
-            raise ConfigError(f"{self.run_stage_dir.parent}: this run stored no VLM2Rec stage "
-                              "adapter (it predates them); rerun it (bench run, without "
-                              "--resume) to evaluate it under perturbations")
+        # the stage model, held outside the module tree: not part of this model's weights
+        self._stage: tuple[VLM2Rec, ...] = ()
 
-    def set_item_table(self, table: torch.Tensor) -> None:
+    def use_stage(self, stage: VLM2Rec) -> None:
+        """Freeze the trained stage's item table (n_items, d) under the adapter."""
+        table = stage.item_table().detach()
         if table.shape != self.item_embedding.frozen.shape:
             raise ConfigError(f"VLM2Rec item table has shape {tuple(table.shape)}, expected "
                               f"{tuple(self.item_embedding.frozen.shape)}")
         self.item_embedding.frozen.copy_(table.to(self.item_embedding.frozen.device))
+        self._stage = (stage,)
 
-    def fit(self, split, evaluator, *, seed: int, checkpoint: Path | None = None,
-            resume: bool = False, progress: bool = True, on_epoch=None,
-            on_step=None) -> TrainOutcome:
-        """Stage 1 (VLM2Rec, cached), then SASRec with the harness Trainer."""
-        from benchmark.training import Trainer
-
-        device = self.item_embedding.frozen.device
-        run_dir = (Path(checkpoint).parent if checkpoint is not None
-                   else Path(self.config["checkpoint_dir"]).parent)
-        with preserved_rng():  # a cached and a fresh stage leave the same random state
-            self.set_item_table(self.stage_table(split, evaluator, seed, run_dir / "vlm2rec-stage",
-                                                 resume, progress, on_step))
-        if _rank() == 0:  # the run keeps its stage's adapter: robustness re-encodes with it
-            adapter = StageStore(self.cache_dir, self.stage_key).adapter()
-            atomic_write(run_dir / "vlm2rec-stage" / STAGE_ADAPTER,
-                         lambda path: torch.save(adapter, path))
-        trainer = Trainer(self, self.params, split, evaluator, seed, str(device), checkpoint,
-                          progress=progress, on_epoch=on_epoch)
-        return trainer.fit(resume=resume)
+    def item_table(self) -> torch.Tensor:
+        return self.item_embedding.weight
 
     def provenance(self) -> dict:
-        """The VLM2Rec stage behind the item table (``stand_in``: a random backbone)."""
+        """The backbone behind the stage's item table (``stand_in``: a random backbone)."""
         from .tiny import is_tiny_checkpoint
 
-        return {"vlm": {"path": str(self.vlm_path), "stand_in": is_tiny_checkpoint(self.vlm_path),
-                        "stage_key": self.stage_key}}
-
-    def stage_table(self, split, evaluator, seed: int, stage_dir: Path, resume: bool = False,
-                    progress: bool = False, on_step=None) -> torch.Tensor:
-        """The trained VLM2Rec item table (n_items, d): from the cache, or trained now."""
-        from benchmark.evaluation import Evaluator
-        from benchmark.registry import get_model_spec
-        from benchmark.runner import build_model
-
-        p = self.stage_params
-        ev = Evaluator(split, evaluator.n_items, p["MAX_ITEM_LIST_LENGTH"], mode=evaluator.mode,
-                       n_negatives=evaluator.n_negatives, candidate_seed=evaluator.candidate_seed,
-                       ks=evaluator.ks, batch_size=p["eval_batch_size"],
-                       case_labels=evaluator.case_labels,
-                       exclude_history=evaluator.exclude_history)
-        device = self.item_embedding.frozen.device
-        encoding = encoding_settings(p, self.vlm_path, self.data, device, self.perturbation)
-        store = StageStore(self.cache_dir, stage_key(p, encoding, seed, split, ev))
-        self.stage_key = store.key
-        if store.done():  # the table on disk: no need to load the backbone at all
-            record = store.read()
-            table = load_table(table_path(self.cache_dir, record["table_key"]))
-            if table is not None:
-                self.step_log = record["steps"]
-                return table
-        model = build_model(get_model_spec("vlm2rec"), p, self.data, stage_dir, seed,
-                            str(device), split, self.cache_dir, perturbation=self.perturbation)
-        checkpoint = stage_dir / "checkpoint.pt"
-        model.fit(split, ev, seed=seed, checkpoint=checkpoint, resume=resume, progress=progress,
-                  on_step=on_step)
-        self.step_log = model.step_log
-        table = model.item_table().detach().cpu()
-        if checkpoint.exists() and _rank() == 0:
-            checkpoint.unlink()
-        return table
-
-    def stage_model(self, seed: int) -> VLM2Rec:
-        """This run's VLM2Rec stage (its stored adapter) on this model's content (perturbed
-        when a perturbation is set)."""
-        from benchmark.registry import get_model_spec
-        from benchmark.runner import build_model
-
-        device = str(self.config["device"])
-        model = build_model(get_model_spec("vlm2rec"), self.stage_params, self.data,
-                            self.run_stage_dir, seed, device, None, self.cache_dir,
-                            perturbation=self.perturbation)
-        model.load_trainable_state(torch.load(self.run_stage_dir / STAGE_ADAPTER,
-                                              map_location=device, weights_only=True))
-        return model.eval()
-
-    def encode_with_stage_adapter(self, seed: int) -> torch.Tensor:
-        return self.stage_model(seed).item_table().detach().cpu()
+        return {"vlm": {"path": str(self.vlm_path), "stand_in": is_tiny_checkpoint(self.vlm_path)}}
 
     def modality_tables(self) -> dict:
         """The stage's unimodal item tables (see :meth:`VLM2Rec.modality_tables`)."""
-        return self.stage_model(self.config["seed"]).modality_tables()
+        if not self._stage:
+            raise ConfigError("vlm2rec_sasrec has no trained stage yet")
+        return self._stage[0].modality_tables()

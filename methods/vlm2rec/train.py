@@ -21,12 +21,10 @@ NCCL on GPU); rank 0 validates, broadcasts the early-stopping decision and write
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 import os
 import random
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 from benchmark.errors import ConfigError
 from benchmark.evaluation import Evaluator
 from benchmark.split import Split
-from benchmark.training import VALID_METRIC, TrainOutcome
+from benchmark.training import EpochLoop
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict], None]
@@ -131,10 +129,14 @@ def _merge_micro(terms: list[dict]) -> dict:
     return out
 
 
-class ContrastiveTrainer:
-    """Runs the SFT loop on a VLM2Rec model (``methods.vlm2rec.model.VLM2Rec``): the model's
-    ``forward(histories, targets)`` gives (loss, diagnostics), ``score`` ranks for the evaluator,
-    ``trainable_state`` / ``load_trainable_state`` save and restore the adapter."""
+class ContrastiveTrainer(EpochLoop):
+    """VLM2Rec's epochs in the harness's one loop (:class:`benchmark.training.EpochLoop`): the
+    model's ``forward(histories, targets)`` gives (loss, diagnostics); ``trainable_state`` /
+    ``load_trainable_state`` save and restore the adapter. What differs from the sequential
+    models' :class:`~benchmark.training.Trainer` is the epoch itself: (history, next item) pairs,
+    AdamW with warmup and decay, gradient accumulation, DDP, per-step diagnostics."""
+
+    desc = "VLM2Rec epochs"
 
     def __init__(self, model, params: dict, split: Split, evaluator: Evaluator, seed: int,
                  checkpoint: Path | None = None, progress: bool = True,
@@ -144,8 +146,10 @@ class ContrastiveTrainer:
         self.seed, self.checkpoint, self.progress = seed, checkpoint, progress
         self.on_epoch, self.on_step = on_epoch, on_step
         self.rank, self.world = distributed_context()
+        self.is_main = self.rank == 0
         if self.world > 1 and next(model.parameters()).is_cuda:
             model.to(torch.device("cuda", torch.cuda.current_device()))
+        self.device = next(model.parameters()).device
         self.pairs = training_pairs(split, int(params.get("pairs_per_user", 0)))
         self.history_len = int(params["history_len"])
         self.batch_size, self.accum = int(params["batch_size"]), max(1, int(params["grad_accum"]))
@@ -165,6 +169,11 @@ class ContrastiveTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(params["epochs"] * self.steps_per_epoch,
                                                 params["warmup_ratio"]))
+        self.net = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, find_unused_parameters=True)
 
     @property
     def step_log(self) -> list[dict]:
@@ -188,59 +197,17 @@ class ContrastiveTrainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # -- the loop -----------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainOutcome:
-        from tqdm.auto import tqdm
+    # -- the loop's parts ---------------------------------------------------------------------
+    def weights(self) -> dict:
+        return self.model.trainable_state()
 
-        p = self.params
-        state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1,
-                 "bad_epochs": 0, "history": [], "steps": [], "seconds": 0.0, "best_valid": {}}
-        best = self.model.trainable_state()
-        self.state = state
-        resumed_from = None
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
-            best, state = self._load_checkpoint()
-            self.state = state
-            resumed_from = state["epoch"]
-            log.info("VLM2Rec: resumed from epoch %d", resumed_from)
-        net = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
+    def load_weights(self, weights: dict) -> None:
+        self.model.load_trainable_state(weights)
 
-            net = DistributedDataParallel(self.model, find_unused_parameters=True)
-        bar = tqdm(total=p["epochs"], initial=state["epoch"], desc="VLM2Rec epochs",
-                   disable=not self.progress or self.rank != 0, leave=False)
-        while state["epoch"] < p["epochs"] and state["bad_epochs"] <= p["patience"]:
-            t0 = time.perf_counter()
-            epoch_steps = self._train_epoch(net, state)
-            train_seconds = time.perf_counter() - t0
-            valid = self._validate()
-            score = valid.get(VALID_METRIC, 0.0)
-            summary = aggregate_steps(epoch_steps)
-            row = {"epoch": state["epoch"], "train_loss": summary.get("mean_loss", math.nan),
-                   "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - t0,
-                   **{f"train_{k}": v for k, v in summary.items()},
-                   **{f"valid_{k}": v for k, v in valid.items()}}
-            if score > state["best_score"]:
-                state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0,
-                             best_valid=valid)
-                best = self.model.trainable_state()
-            else:
-                state["bad_epochs"] += 1
-            state["history"].append(row)
-            state["seconds"] += row["epoch_seconds"]
-            state["epoch"] += 1
-            self._save_checkpoint(best, state)
-            if self.on_epoch and self.rank == 0:
-                self.on_epoch(row["epoch"], row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", ndcg10=f"{score:.4f}")
-        bar.close()
-        self.model.load_trainable_state(best)
-        self.model.eval()
-        return TrainOutcome(best_epoch=state["best_epoch"], best_valid=state["best_valid"],
-                            epochs_run=state["epoch"], seconds=state["seconds"],
-                            history=state["history"], resumed_from=resumed_from)
+    def train_epoch(self, state: dict) -> dict:
+        summary = aggregate_steps(self._train_epoch(self.net, state))
+        return {"train_loss": summary.get("mean_loss", math.nan),
+                **{f"train_{k}": v for k, v in summary.items()}}
 
     def _train_epoch(self, net, state: dict) -> list[dict]:
         self.sampler.set_epoch(state["epoch"])
@@ -276,12 +243,9 @@ class ContrastiveTrainer:
             state["step"] += 1
         return rows
 
-    def _validate(self) -> dict:
+    def validate(self) -> dict:
         """Validation metrics, computed on rank 0 and shared with the other ranks."""
-        metrics = None
-        if self.rank == 0:
-            self.model.eval()
-            metrics = self.evaluator.evaluate(self.model.score, "valid").metrics
+        metrics = super().validate() if self.rank == 0 else None
         if self.world > 1:
             import torch.distributed as dist
 
@@ -291,24 +255,15 @@ class ContrastiveTrainer:
         return metrics
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _save_checkpoint(self, best: dict, state: dict) -> None:
-        if self.checkpoint is not None and self.rank == 0:
-            from benchmark.io import atomic_write
+    def checkpoint_extra(self) -> dict:
+        return {"scheduler": self.scheduler.state_dict(), "rng": rng_state()}
 
-            blob = {"model": self.model.trainable_state(), "best_model": best,
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "state": copy.deepcopy(state),
-                    "rng": rng_state()}
-            atomic_write(self.checkpoint, lambda tmp: torch.save(blob, tmp))
+    def restore_extra(self, blob: dict) -> None:
+        self.scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"])
+
+    def after_checkpoint(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
 
             dist.barrier()
-
-    def _load_checkpoint(self) -> tuple[dict, dict]:
-        blob = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        self.model.load_trainable_state(blob["model"])
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.scheduler.load_state_dict(blob["scheduler"])
-        set_rng_state(blob["rng"])
-        return blob["best_model"], blob["state"]
