@@ -20,9 +20,13 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from benchmark.contract import Capabilities
+
 
 class ColdFirst(SequentialRecommender):
     """Score 1 for every item without a training interaction, 0 for the others (a control)."""
+
+    HARNESS = Capabilities(training="statistics")
 
     input_type = InputType.POINTWISE
 
