@@ -333,6 +333,7 @@ register_model(ModelSpec(
     modalities=(),
     defaults={},
     trainable=False,
+    role="floor",
 ))
 
 register_model(ModelSpec(
@@ -342,6 +343,7 @@ register_model(ModelSpec(
     modalities=(),
     defaults={},
     trainable=False,
+    role="floor",
 ))
 
 register_model(ModelSpec(
@@ -358,6 +360,7 @@ register_model(ModelSpec(
         "backoff": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
     },
     trainable=False,
+    role="floor",
 ))
 
 # RecBole SASRec's transformer defaults, shared by every SASRec-style model.

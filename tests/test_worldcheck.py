@@ -140,6 +140,9 @@ def test_suite_variant_declares_its_modalities():
     info = suite_model_info(suite)
     assert info["sasrec"] == {"modalities": ("id",), "trainable": True, "role": "model"}
     assert info["coldfirst"] == {"modalities": (), "trainable": False, "role": "control"}
+    floors = parse_suite({"name": "f", "datasets": ["synthetic"], "seeds": [0],
+                          "models": ["mostpop", "random", "cooc"]})
+    assert {i["role"] for i in suite_model_info(floors).values()} == {"floor"}
     suite.variants["clip_sasrec-text"] = {"model": "clip_sasrec",
                                           "params": {"modalities": "text"}}
     suite.models.append("clip_sasrec-text")
