@@ -262,8 +262,8 @@ def _compare(exp: Expectation, rows: list[dict], model: str, cell: str, metric: 
 def world_check(rows: list[dict], dataset_label: str, metric: str = "ndcg@10",
                 models: Mapping[str, dict] | None = None) -> dict:
     """Every expectation of :data:`EXPECTATIONS` measured on a suite's summary rows for one
-    dataset. ``models``: name -> {"modalities", "trainable"} (default: the registry's entries of
-    the rows' model names; pass :func:`suite_model_info` for a suite with variants).
+    dataset. ``models``: name -> {"modalities", "trainable", "role"}, over the registry's
+    entries of the rows' model names (pass :func:`suite_model_info` for a suite with variants).
 
     Returns ``{"dataset", "metric", "applies", "seeds", "counts": {pass, fail, skipped},
     "expectations": [{"id", "claim", "status", "reason", "checks": [per model and cell:
@@ -279,7 +279,9 @@ def world_check(rows: list[dict], dataset_label: str, metric: str = "ndcg@10",
         return doc
     doc["applies"] = True
     names = list(dict.fromkeys(r["model"] for r in rows))
-    info = dict(models) if models is not None else registry_model_info(names)
+    # the registry knows every registered name in the rows (runs of earlier calls included);
+    # ``models`` adds or overrides (a suite's variants)
+    info = {**registry_model_info(names), **(models or {})}
     info = {n: i for n, i in info.items() if n in names}
     for exp in EXPECTATIONS:
         entry: dict[str, Any] = {"id": exp.id, "claim": exp.claim, "kind": exp.kind,
