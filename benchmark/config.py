@@ -137,7 +137,12 @@ def parse_suite(raw: dict, where: str = "suite") -> Suite:
                   model_params=model_params, variants=dict(variants),
                   tracking_uri=raw.get("tracking_uri"))
     # Fail before any training on a bad parameter: a suite-wide one must exist in some model.
-    accepted = set().union(*(suite.spec(m).all_defaults() for m in suite.models))
+    # Any registered model counts: a suite's params (e.g. its train_candidates rule) also hold
+    # when it is run on a subset of its models that lacks them (bench run --models mostpop).
+    from .registry import list_models
+
+    accepted = set().union(*(suite.spec(m).all_defaults() for m in suite.models),
+                           *(get_model_spec(m).all_defaults() for m in list_models()))
     for key in suite.params:
         if key not in accepted:
             import difflib

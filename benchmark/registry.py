@@ -51,6 +51,9 @@ class ModelSpec:
     # A registered model this one trains first, configured by this model's ``stage1_preset``
     # and ``stage1_overrides`` (vlm2rec_sasrec: the vlm2rec stage); part of a run's identity.
     stage: str | None = None
+    # "model"; "floor" (a reference scorer, e.g. MostPop) or "control" (built to fail a check,
+    # e.g. coldfirst): the world check and tables can tell them from recommenders
+    role: str = "model"
 
     def load(self):
         module, _, cls = self.target.partition(":")
@@ -330,6 +333,7 @@ register_model(ModelSpec(
     modalities=(),
     defaults={},
     trainable=False,
+    role="floor",
 ))
 
 register_model(ModelSpec(
@@ -339,6 +343,7 @@ register_model(ModelSpec(
     modalities=(),
     defaults={},
     trainable=False,
+    role="floor",
 ))
 
 register_model(ModelSpec(
@@ -355,6 +360,7 @@ register_model(ModelSpec(
         "backoff": {"type": "float", "low": 1e-3, "high": 100.0, "log": True},
     },
     trainable=False,
+    role="floor",
 ))
 
 # RecBole SASRec's transformer defaults, shared by every SASRec-style model.
@@ -383,7 +389,7 @@ register_model(ModelSpec(
         "train_candidates": "all",  # RecBole's CE over every item ("seen": training items only)
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3,
                  "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
@@ -420,7 +426,7 @@ register_model(ModelSpec(
         "text_encoder": "all-MiniLM-L6-v2",
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 300, "inner_size": 256, "n_layers": 2, "n_heads": 2,
@@ -459,7 +465,7 @@ register_model(ModelSpec(
     },
     presets={
         # prefix mode encodes every prefix: a short window and large batches keep it fast
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "MAX_ITEM_LIST_LENGTH": 8, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "embedding_dropout_prob": 0.1, "batch_size": 512,
                  "pretrain_epochs": 1, "pretrain_max_tokens": 1024},
@@ -488,7 +494,7 @@ register_model(ModelSpec(
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128},
         "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
@@ -563,7 +569,7 @@ register_model(ModelSpec(
         "train_candidates": "seen",  # CE over the training items only; "all": every item
     },
     presets={
-        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 30, "patience": 3,
+        "tiny": {"hidden_size": 32, "inner_size": 64, "n_layers": 1, "epochs": 50, "patience": 5,
                  "learning_rate": 2e-3, "MAX_ITEM_LIST_LENGTH": 20, "hidden_dropout_prob": 0.2,
                  "attn_dropout_prob": 0.2, "batch_size": 128, "stage1_preset": "tiny"},
         "paper": {"hidden_size": 64, "inner_size": 256, "n_layers": 2, "epochs": 200,
@@ -572,4 +578,15 @@ register_model(ModelSpec(
     search_space=_SASREC_SPACE,
     stage="vlm2rec",
     raw_content=True,
+))
+
+register_model(ModelSpec(
+    name="coldfirst",
+    target="baselines.controls:ColdFirst",
+    description="CONTROL, not a recommender: never-trained items 1, all others 0. At chance on "
+                "every cold cell when cold cases measure content, not coldness.",
+    modalities=(),
+    defaults={},
+    trainable=False,
+    role="control",
 ))

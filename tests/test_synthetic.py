@@ -65,6 +65,33 @@ def test_cases_per_signal_and_coldness(default):
             assert cells[rule, is_cold] >= 150, (rule, is_cold, cells)
 
 
+def targets_per_item(ds: Dataset) -> tuple[float, float]:
+    """Mean number of validation/test targets per cold item and per warm item."""
+    counts = np.zeros(ds.n_items)
+    for seq in sequences(ds):
+        for item, _ in seq[-2:]:
+            counts[item] += 1
+    cold = cold_mask(ds)
+    return counts[cold].mean(), counts[1:][~cold[1:]].mean()
+
+
+def test_cold_and_warm_items_are_targets_equally_often(default, tmp_path):
+    # the default calibration: a "never trained first" prior gains nothing overall
+    cold, warm = targets_per_item(default)
+    assert 0.9 < cold / warm < 1.1, (cold, warm)
+    # an explicit rate above the cold share over-represents cold targets, as the knob says:
+    # expected ratio (0.7 / 0.3) / ((1 - 0.7) / (1 - 0.3)) = 5.4, less the pool fallbacks
+    over = load_dataset(generate_synthetic(tmp_path, replace(SMALL, cold_target_rate=0.7)))
+    cold, warm = targets_per_item(over)
+    assert cold / warm > 3, (cold, warm)
+
+
+def test_default_target_rate_is_the_cold_share():
+    assert SyntheticConfig().target_cold_rate == SyntheticConfig().n_cold / 500 == 0.4
+    assert SyntheticConfig(cold_target_rate=0.5).target_cold_rate == 0.5
+    assert SyntheticConfig(cold_target_rate=1).cold_target_rate == 1.0  # coerced like the rest
+
+
 def test_process_invariants(default):
     cold = cold_mask(default)
     lo, hi = SyntheticConfig().seq_len
@@ -253,7 +280,8 @@ def test_key_is_stable_and_tracks_the_knobs():
     assert SyntheticConfig(seq_len=[8, 20]).key() == SyntheticConfig().key()
     assert SyntheticConfig(zipf=1).key() == SyntheticConfig().key()
     keys = {SyntheticConfig(seed=s).key() for s in range(5)} | {SyntheticConfig(s_v=0.3).key()}
-    assert len(keys) == 6
+    keys |= {SyntheticConfig(cold_target_rate=0.4).key()}  # the same process, a different knob
+    assert len(keys) == 7
     assert len(SyntheticConfig().key()) == 12
 
 
@@ -262,6 +290,8 @@ def test_key_is_stable_and_tracks_the_knobs():
     ({"missing_image_rate": -0.1}, "missing_image_rate=-0.1 must be in [0, 1]"),
     ({"missing_text_rate": 2.0}, "missing_text_rate=2.0 must be in [0, 1]"),
     ({"redundancy": 1.5}, "redundancy=1.5 must be in [0, 1]"),
+    ({"cold_target_rate": 1.5}, "cold_target_rate=1.5 must be in [0, 1]"),
+    ({"cold_target_rate": "half"}, "cold_target_rate='half' must be a number"),
     ({"s_v": 0.5, "s_t": 0.4, "s_cf": 0.3}, "s_v + s_t + s_cf = 1.2 must be at most 1"),
     ({"n_items": 40, "cold_share": 0.6}, "leaves 16 warm items, fewer than the longest sequence"),
     ({"seq_len": (2, 5)}, "seq_len=(2, 5) must be (min, max)"),

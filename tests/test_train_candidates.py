@@ -234,7 +234,8 @@ def synthetic(tmp_path_factory):
     from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
     from benchmark.features import ModalityFeatures
 
-    config = SyntheticConfig(n_users=600, n_items=120, seq_len=(6, 10), image_size=16, seed=1)
+    config = SyntheticConfig(n_users=600, n_items=120, seq_len=(6, 10), image_size=16, seed=1,
+                             cold_share=0.3, cold_target_rate=0.5)  # the version-1 defaults
     data = load_dataset(generate_synthetic(tmp_path_factory.mktemp("syn") / "syn", config))
     texts = data.item_fields["text"]
     vocab = {w: j for j, w in enumerate(sorted({w for t in texts[1:] for w in t.split()}))}

@@ -34,7 +34,8 @@ def world(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("vlm2rec")
     config = SyntheticConfig(n_users=40, n_items=40, seq_len=(5, 8), image_size=16,
-                             missing_image_rate=0.5, missing_text_rate=0.1, seed=1)
+                             missing_image_rate=0.5, missing_text_rate=0.1, seed=1,
+                             cold_share=0.3, cold_target_rate=0.5)  # the version-1 defaults
     data = load_dataset(generate_synthetic(tmp / "data", config))
     return data, make_split(data), tmp
 

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..io import stable_hash
 from .dataset import write_dataset
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: validation/test targets drawn with equal per-item frequency
 DATASET_NAME = "synthetic"
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -52,8 +52,9 @@ SIGNALS = (*RULES, START)
 _ATTRIBUTE_RULES = RULES[:3]
 
 _INT_KNOBS = ("n_users", "n_items", "image_size", "window", "seed")
-_RATE_KNOBS = ("s_v", "s_t", "s_cf", "cold_share", "cold_target_rate", "missing_image_rate",
-               "missing_text_rate", "redundancy")
+_RATE_KNOBS = ("s_v", "s_t", "s_cf", "cold_share", "missing_image_rate", "missing_text_rate",
+               "redundancy")
+_OPTIONAL_RATE_KNOBS = ("cold_target_rate",)  # None: a documented default behaviour
 _SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size, then area-averaged
 
 
@@ -61,13 +62,16 @@ _SUPERSAMPLE = 4  # shapes are drawn at this multiple of the image size, then ar
 class SyntheticConfig:
     """Knobs of the synthetic dataset; see ``docs/synthetic.md`` for their meaning."""
 
-    n_users: int = 1500
+    n_users: int = 2000
     n_items: int = 500
     s_v: float = 0.25  # P(next item shares the colour+shape of a recent item)
     s_t: float = 0.25  # P(next item shares the brand+product of a recent item)
     s_cf: float = 0.25  # P(next item shares the latent group of a recent item)
-    cold_share: float = 0.3  # share of items never in a training position
-    cold_target_rate: float = 0.5  # P(a validation/test target is drawn from the cold items)
+    cold_share: float = 0.4  # share of items never in a training position
+    # P(a validation/test target is drawn from the cold items); None: the cold share of the
+    # items, so cold and warm items are targets equally often per item (a higher rate lets
+    # "rank never-trained items first" win cold cases without reading any content)
+    cold_target_rate: float | None = None
     image_size: int = 32
     missing_image_rate: float = 0.0
     missing_text_rate: float = 0.0
@@ -82,7 +86,8 @@ class SyntheticConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"synthetic: {name}={value!r} must be an integer")
-        for name in (*_RATE_KNOBS, "zipf"):
+        optional = [n for n in _OPTIONAL_RATE_KNOBS if getattr(self, n) is not None]
+        for name in (*_RATE_KNOBS, *optional, "zipf"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"synthetic: {name}={value!r} must be a number")
@@ -94,7 +99,7 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic: seq_len={seq_len!r} must be (min, max) integers with "
                               "3 <= min <= max (training part + validation + test)")
         object.__setattr__(self, "seq_len", tuple(seq_len))
-        for name in _RATE_KNOBS:
+        for name in (*_RATE_KNOBS, *optional):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"synthetic: {name}={value} must be in [0, 1]")
@@ -118,6 +123,14 @@ class SyntheticConfig:
     @property
     def n_cold(self) -> int:
         return round(self.cold_share * self.n_items)
+
+    @property
+    def target_cold_rate(self) -> float:
+        """P(a validation/test target is drawn from the cold items first): ``cold_target_rate``,
+        or by default the cold share of the items (equal target frequency per item)."""
+        if self.cold_target_rate is None:
+            return self.n_cold / self.n_items
+        return self.cold_target_rate
 
     def key(self) -> str:
         """Short stable hash of the knobs and the generator version (a cache folder name)."""
@@ -185,7 +198,7 @@ class _Process:
             if pos < length - 2:
                 pools = [0]
             else:  # validation/test position: cold items become eligible
-                first = int(self.rng.random() < self.config.cold_target_rate)
+                first = int(self.rng.random() < self.config.target_cold_rate)
                 pools = [first, 1 - first]
             rule = START if pos == 0 else RULES[self.rng.choice(len(RULES), p=self.rule_p)]
             item = self._draw(rule, history, consumed, pools)
