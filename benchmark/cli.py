@@ -161,7 +161,7 @@ def _print_plan(suite, opts) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runner import run_suite, summary_table
+    from .runner import WORLD_CHECK_FILE, run_suite, summary_table
 
     suite = _suite_from_args(args)
     opts = _options(args, resume=args.resume)
@@ -171,6 +171,12 @@ def cmd_run(args) -> int:
     print(f"\nsuite {suite.name}: {len(rows)} runs, results in "
           f"{opts.results_dir / suite.name / 'summary.json'}")
     print(summary_table(rows))
+    check = opts.results_dir / suite.name / WORLD_CHECK_FILE
+    if check.is_file():
+        from .io import read_json
+        from .worldcheck import format_world_check
+
+        print("\n" + "\n".join(format_world_check(doc) for doc in read_json(check).values()))
     return 0
 
 

@@ -3,6 +3,7 @@
 Results layout (``--results-dir DIR``)::
 
     DIR/<suite>/summary.json                        one row per model x dataset x seed
+    DIR/<suite>/world_check.json                    the world check (controlled datasets only)
     DIR/<suite>/splits/<dataset>.json               the split's checksum and counts
     DIR/<suite>/runs/<dataset>/<model>/seed-<s>/    one run (layout: benchmark.lifecycle)
     DIR/mlflow.db, DIR/mlartifacts/                 MLflow (unless another tracking URI is given)
@@ -221,8 +222,28 @@ def run_suite(suite: Suite, opts: Options) -> list[dict]:
                     bar.update(1)
     finally:
         bar.close()
+    write_world_check(suite, rows, suite_dir)
     tracker.end(parent)
     return done
+
+
+WORLD_CHECK_FILE = "world_check.json"
+
+
+def write_world_check(suite: Suite, rows: list[dict], suite_dir: Path) -> dict:
+    """The world check (:mod:`benchmark.worldcheck`) of every controlled-modality dataset of
+    the suite, over all its stored runs, into ``world_check.json`` ({} when none applies)."""
+    from .worldcheck import suite_model_info, world_check
+
+    info = suite_model_info(suite)
+    checks = {e.label: world_check(rows, e.label, models=info) for e in suite.datasets}
+    checks = {label: doc for label, doc in checks.items() if doc["applies"]}
+    path = suite_dir / WORLD_CHECK_FILE
+    if checks:
+        atomic_write_json(path, checks)
+    elif path.exists():
+        path.unlink()
+    return checks
 
 
 def _upsert(rows: list[dict], row: dict) -> list[dict]:
