@@ -81,7 +81,7 @@ def test_models_with_a_batch_transform_train_and_score(cls, tiny_dataset, tmp_pa
     (the yaml's ``transform``): the wrapped class applies it to the harness's batches."""
     from benchmark.data.dataset import load_dataset
     from benchmark.evaluation import Evaluator
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
     from benchmark.split import make_split
     from benchmark.training import Trainer
 
@@ -89,7 +89,7 @@ def test_models_with_a_batch_transform_train_and_score(cls, tiny_dataset, tmp_pa
     split = make_split(data)
     spec = get_model_spec(f"recbole:{cls}")
     params = spec.resolve("tiny", {"MAX_ITEM_LIST_LENGTH": 8, "batch_size": 16, "epochs": 1})
-    model = build_model(spec, params, data, tmp_path / cls, 0, "cpu", split)
+    model = build_model(spec, params, data, tmp_path / cls, 0, "cpu", split).model
     assert type(model).__name__ == cls and type(model).__mro__[1].__name__ == cls
     trainer = Trainer(model, params, split, Evaluator(split, data.n_items, 8), 0,
                       progress=False)
@@ -105,13 +105,14 @@ def test_models_with_a_batch_transform_train_and_score(cls, tiny_dataset, tmp_pa
 # -- the floors -----------------------------------------------------------------------------------
 def _floor(name, tiny_dataset, tmp_path, seed=0, **overrides):
     from benchmark.data.dataset import load_dataset
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
     from benchmark.split import make_split
 
     data = load_dataset(tiny_dataset)
     split = make_split(data)
     spec = get_model_spec(name)
-    model = build_model(spec, spec.resolve(None, overrides), data, tmp_path / name, seed, "cpu")
+    model = build_model(spec, spec.resolve(None, overrides), data, tmp_path / name, seed,
+                        "cpu").model
     model.fit_statistics(split.train_sequences())
     return model.eval(), data
 
@@ -141,7 +142,7 @@ def test_cooc_scores_by_hand(tmp_path):
     """Training parts a b c / a b d / b c: P(b|a) = 1, P(c|b) = 2/3, P(d|b) = 1/3; popularity
     shares a 2/8, b 3/8, c 2/8, d 1/8 (validation and test items x, y never counted)."""
     from benchmark.data.dataset import load_dataset, write_dataset
-    from benchmark.runner import build_model
+    from benchmark.lifecycle import build_model
     from benchmark.split import make_split
 
     rows = []  # leave-one-out: each user's last two items are validation and test
@@ -156,7 +157,7 @@ def test_cooc_scores_by_hand(tmp_path):
                                   d: 1 / 3 + 0.1 * 1 / 8, a: 0.1 * 2 / 8, ids["x"]: 0.0}),
                              (1, {c: 2 / 3 + 0.1 * 2 / 8, b: 0.1 * 3 / 8})):
         params = spec.resolve(None, {"window": window, "decay": 0.5, "backoff": 0.1})
-        model = build_model(spec, params, data, tmp_path / "run", 0, "cpu")
+        model = build_model(spec, params, data, tmp_path / "run", 0, "cpu").model
         model.fit_statistics(split.train_sequences())
         # history a, b (b most recent): P(.|b) + 0.5 P(.|a) + 0.1 P(.)
         s = _score(model.eval(), [[a, b, 0]], [2])[0]
