@@ -312,7 +312,8 @@ def test_harness_clip_is_corpus_pretrained_on_the_synthetic_world(synthetic, toy
     tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["text_config"]["eos_token_id"] == 1 and tokenizer["eos_token"] == "</s>"
     harness = json.loads((folder / "harness.json").read_text())
-    assert set(harness) == {"label", "recipe"} and harness["recipe"]["pretrain"] == "corpus"
+    assert set(harness) == {"label", "recipe", "corpus"}  # no dataset, split or seed
+    assert harness["recipe"]["pretrain"] == "corpus" and harness["corpus"]["n"] == 96
     training = json.loads((folder / "training.json").read_text())
     assert training["corpus"] == {"version": 2, "n": 96, "seed": 0, "image_size": 32}
     # another seed, another world: the same pre-trained checkpoint (one pre-training)
@@ -337,3 +338,19 @@ def test_corpus_pretraining_is_deterministic(tmp_path):
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     losses = json.loads((a / "training.json").read_text())["losses_per_tenth"]
     assert len(losses) == 12 and all(np.isfinite(losses))
+
+
+def test_corpus_recipe_key_follows_recipe_and_corpus(synthetic, monkeypatch):
+    """The pre-trained checkpoint's identity (its cache folder and the embeddings' key) changes
+    with the recipe and with the corpus generator, never with the dataset, split or seed."""
+    from dataclasses import replace
+
+    from benchmark.data import corpus
+
+    data, split = synthetic
+    base = harness_clip.fingerprint(data, split, 0, TINY_CORPUS)
+    assert harness_clip.fingerprint(None, None, 7, TINY_CORPUS) == base
+    assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, corpus_seed=1)) != base
+    assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, steps=13)) != base
+    monkeypatch.setattr(corpus, "CORPUS_VERSION", corpus.CORPUS_VERSION + 1)
+    assert harness_clip.fingerprint(data, split, 0, TINY_CORPUS) != base

@@ -76,7 +76,7 @@ def prepare_features(data, split, requests: dict[str, str], cache_dir: Path, dev
     """Features of every requested modality (``{"text": name, "image": name}``), each encoded
     once per cache key and then read from ``cache_dir`` (:mod:`benchmark.encoders.cache`).
 
-    ``seed`` matters only to harness-trained encoders; ``perturbation`` (a spec of
+    ``seed`` matters only to an encoder trained on the dataset's items (``harness-clip-items``); ``perturbation`` (a spec of
     :mod:`benchmark.encoders.inputs`) is applied to the inputs and keys its own cache entries.
     """
     settings = settings or EncodeSettings()

@@ -110,10 +110,14 @@ def training_items(split) -> np.ndarray:
 
 
 def fingerprint(data: Dataset, split, seed: int, recipe: Recipe) -> dict:
-    """What decides the trained weights: the recipe and, for the items recipe, the dataset
-    content, the split and the seed (the corpus recipe's corpus is named by the recipe)."""
+    """What decides the trained weights: the recipe and, for the corpus recipe, the corpus
+    (its generator version included), for the items recipe the dataset content, the split and
+    the seed."""
     if recipe.pretrain == "corpus":
-        return {"recipe": asdict(recipe)}
+        from ..data.corpus import corpus_fingerprint
+
+        return {"recipe": asdict(recipe), "corpus": corpus_fingerprint(
+            recipe.corpus_size, recipe.corpus_seed, _corpus_image_size(recipe))}
     return {"recipe": asdict(recipe), "dataset": data.content_hash, "split": split.checksum,
             "seed": seed}
 
@@ -165,6 +169,10 @@ def _train_tokenizer(texts: list[str], recipe: Recipe):
         single=f"{bos} $A {eos}", special_tokens=[(t, tok.token_to_id(t)) for t in (bos, eos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos,
                                    eos_token=eos, model_max_length=recipe.max_length)
+
+
+def _corpus_image_size(recipe: Recipe) -> int:
+    return recipe.image_size or 32  # the synthetic world's default image size
 
 
 def _image_size(images: list, recipe: Recipe) -> int:
@@ -321,7 +329,7 @@ def pretrain_checkpoint(recipe: Recipe, out: Path, device: str = "cpu",
     if recipe.pretrain != "corpus" or recipe.corpus_size < 2:
         raise ConfigError(f"{NAME}: a corpus recipe needs pretrain='corpus' and corpus_size >= 2")
     t0 = time.perf_counter()
-    size = recipe.image_size or 32
+    size = _corpus_image_size(recipe)
     corpus = render_corpus(recipe.corpus_size, recipe.corpus_seed, size)
     model, tokenizer, processor = build_model("clip", corpus.captions + corpus.texts, recipe,
                                               size, recipe.corpus_seed)
