@@ -36,3 +36,17 @@ def tiny_dataset(tmp_path: Path) -> Path:
     items = sorted({r[1] for r in rows}, key=lambda s: int(s[1:]))
     return write_dataset(tmp_path / "tiny", "tiny", rows,
                          [(i, f"title {i}", f"text of {i}", None) for i in items])
+
+
+@pytest.fixture(autouse=True)
+def _tiny_corpus_clip(monkeypatch):
+    """Tests never pay for the default corpus pre-training of ``harness-clip`` (tens of seconds
+    per fresh cache): a tiny recipe of the same kind stands in. ``tests/test_encoders.py``
+    checks the corpus recipe itself."""
+    from dataclasses import replace
+
+    from benchmark.encoders import harness_clip
+
+    monkeypatch.setattr(harness_clip, "CORPUS_RECIPE", replace(
+        harness_clip.CORPUS_RECIPE, width=32, heads=2, steps=12, batch_size=32,
+        corpus_size=96))
