@@ -97,6 +97,7 @@ class ModelHandle:
     split: Any = None  # the split it was built for (None: content-only uses)
     perturbation: dict | None = None
     content: dict = field(default_factory=dict)  # content sources and missing counts (card)
+    features: dict = field(default_factory=dict)  # the declared content features it was given
     stage: ModelHandle | None = None  # the trained stage model, once trained or loaded
     outcome: Any = None  # the TrainOutcome of its training (set by train_stage)
     fresh: list[str] = field(default_factory=list)  # keys left untrained by load_run
@@ -149,7 +150,7 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str 
     content = {m: {"encoder": f.encoder, "missing_items": f.missing_count()}
                for m, f in features.items()}
     return ModelHandle(model, spec, params, seed, device, Path(run_dir), cache_dir, data, split,
-                       perturbation, content)
+                       perturbation, content, features)
 
 
 def scorer(model, device="cpu"):

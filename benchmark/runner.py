@@ -142,13 +142,19 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                "test_group_protocols": test.group_protocols,
                "wall_seconds": wall, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                "best_epoch": train_info.get("best_epoch"), "epochs": train_info.get("epochs")}
+        content = handle.content_card()
+        if handle.features:  # what the content features carry: linear probes, warm -> cold items
+            from .encoders.probes import probe_features
+
+            if probes := probe_features(prep.data, prep.split, handle.features):
+                content["probes"] = probes
         card = {**env_card, "dataset": {"name": prep.entry.label,
                                         "content_hash": prep.data.content_hash,
                                         "counts": prep.data.manifest.get("counts"),
                                         "coverage": prep.data.manifest.get("coverage"),
                                         "findings": prep.data.manifest.get("findings")},
                 "split": prep.split.summary(), "config_hash": config_hash, "config": identity,
-                "content": handle.content_card(),
+                "content": content,
                 "seed": seed, "wall_seconds": wall, "mlflow_run_id": run_id,
                 "tracking_uri": tracker.uri}
         atomic_write_json(result_path, {"config_hash": config_hash, "row": row,

@@ -209,7 +209,10 @@ def model_tables(suite, prep, model_name: str, seed: int, opts) -> dict[str, flo
                                       device=opts.device, seed=seed)
         fused = (model.item_table().detach().float().cpu().numpy()
                  if handle.caps.item_table else None)
-    return feature_diagnostics(tables, fused=fused)
+    from ..encoders.probes import probe_features, probe_metrics
+
+    return {**feature_diagnostics(tables, fused=fused),
+            **probe_metrics(probe_features(prep.data, prep.split, tables))}
 
 
 def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
