@@ -218,18 +218,27 @@ def test_sampled_evaluation_mode_end_to_end(tiny_dataset, tmp_path, capsys):
     assert "items available as negatives" in capsys.readouterr().err
 
 
-def test_provenance_card_labels_stand_in_content(tmp_path):
+def test_provenance_card_labels_stand_in_content(tmp_path, capsys):
     """A harness-trained CLIP and a random VLM stand-in are named as such in every result."""
     from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
 
     root = generate_synthetic(tmp_path / "syn", SyntheticConfig(
         n_users=60, n_items=60, seq_len=(5, 8), image_size=16, seed=1))
     results = tmp_path / "r"
-    assert main(["run", "--dataset", str(root), "--models", "clip_sasrec,vlm2rec", "--seeds", "0",
-                 "--epochs", "1", "--results-dir", str(results), "--data-dir", str(tmp_path),
-                 "-q", "--no-tracking"]) == 0
+    assert main(["run", "--dataset", str(root), "--models", "random,coldfirst,clip_sasrec,vlm2rec",
+                 "--seeds", "0", "--epochs", "1", "--results-dir", str(results),
+                 "--data-dir", str(tmp_path), "-q", "--no-tracking"]) == 0
     runs = results / "accuracy" / "runs" / "syn"
     clip = json.loads((runs / "clip_sasrec" / "seed-0" / "result.json").read_text())
     assert "not a pretrained CLIP" in clip["provenance"]["content"]["image"]["encoder"]
+    # what its features carry: linear probes (warm -> cold items) in the card
+    probes = clip["provenance"]["content"]["probes"]
+    assert {"image_color", "image_shape", "text_brand", "text_product"} <= set(probes)
     vlm = json.loads((runs / "vlm2rec" / "seed-0" / "result.json").read_text())
     assert vlm["provenance"]["content"]["vlm"]["stand_in"] is True
+    # a controlled-modality world: the suite checks itself, stores and prints the check
+    (check,) = json.loads((results / "accuracy" / "world_check.json").read_text()).values()
+    assert check["applies"] and sum(check["counts"].values()) == len(check["expectations"])
+    coldfirst = next(e for e in check["expectations"] if "coldfirst" in json.dumps(e["checks"]))
+    assert coldfirst["status"] in ("pass", "fail")
+    assert "world check (syn" in capsys.readouterr().out
