@@ -315,6 +315,7 @@ _VLM2REC_SPACE = {
     "lambda_w": {"type": "float", "low": 0.0, "high": 2.0},
     "lambda_r": {"type": "float", "low": 0.0, "high": 1.0},
     "gamma": {"type": "float", "low": 0.0, "high": 2.0},
+    "alpha": {"type": "float", "low": 0.1, "high": 5.0, "log": True},
     "tau_r": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
     "lora_r": {"type": "categorical", "choices": [8, 16, 32]},
 }
