@@ -70,15 +70,15 @@ class PretrainRecipe:
 
     family: str = "qwen2-vl"
     size: str = "tiny"
-    vision: str = "tiny-wide"  # the vision tower (tiny.VISION_SIZES): "tiny" cannot learn shape
-    steps: int = 300
+    vision: str = ""  # the vision tower's size (tiny.VISION_SIZES); "": the one of ``size``
+    steps: int = 600
     batch: int = 32
     learning_rate: float = 3e-3
     warmup: float = 0.05
     tau: float = 0.05
     image_pretrain_scale: float = 0.5
     bag_len: int = 3
-    hard_colours: int = 2  # > 0: single-image batches hold this many colours (shape must tell)
+    hard_colours: int = 0  # > 0: single-image batches hold this many colours (shape must tell)
     corpus_n: int = 2048
     corpus_seed: int = 0
     image_size: int = 32
@@ -92,7 +92,7 @@ class PretrainRecipe:
             raise ConfigError(f"pretrain: family {self.family!r} not in {FAMILIES}")
         if self.size not in SIZES:
             raise ConfigError(f"pretrain: size {self.size!r} not in {SIZES}")
-        if self.vision not in VISION_SIZES:
+        if self.vision and self.vision not in VISION_SIZES:
             raise ConfigError(f"pretrain: vision {self.vision!r} not in {VISION_SIZES}")
         if not 0.0 <= self.image_pretrain_scale <= 1.0:
             raise ConfigError(f"pretrain: image_pretrain_scale={self.image_pretrain_scale} "
@@ -290,7 +290,7 @@ def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
     out_dir = Path(out_dir)
     corpus = render_corpus(recipe.corpus_n, recipe.corpus_seed, recipe.image_size)
     build_tiny_checkpoint(recipe.family, out_dir, corpus.texts + corpus.captions,
-                          seed=recipe.seed, size=recipe.size, vision=recipe.vision)
+                          seed=recipe.seed, size=recipe.size, vision=recipe.vision or None)
     start, cpu = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
         torch.manual_seed(recipe.seed)
@@ -390,7 +390,8 @@ def probe_branches(emb, contents: list, labels: dict[str, np.ndarray],
     """Linear-probe accuracies of each branch of ``emb`` on items ``contents``.
 
     ``labels``: attribute name -> integer code per item (``color``, ``shape``, ``brand``,
-    ``product``; missing ones are skipped); ``train`` / ``test``: boolean masks over the items.
+    ``product``; missing ones are skipped; -1 marks an item without a label); ``train`` /
+    ``test``: boolean masks over the items.
     Returns ``{"image/color": acc, ..., "chance/color": 1/n_classes, "cross/image/brand": ...}``;
     a probe only uses items whose branch is present.
     """
@@ -403,9 +404,10 @@ def probe_branches(emb, contents: list, labels: dict[str, np.ndarray],
                 if attr not in labels:
                     continue
                 y = np.asarray(labels[attr])
-                tr, te = train & present, test & present
+                known = y >= 0  # -1: no label (padding, an item without the column)
+                tr, te = train & present & known, test & present & known
                 out[f"{prefix}{branch}/{attr}"] = linear_probe(x[tr], y[tr], x[te], y[te])
-                out[f"chance/{attr}"] = 1.0 / len(np.unique(y))
+                out[f"chance/{attr}"] = 1.0 / len(np.unique(y[known]))
     return out
 
 
@@ -417,13 +419,15 @@ def corpus_probe(emb, recipe: PretrainRecipe, n: int | None = None) -> dict[str,
     from .embedder import ItemContent
 
     n = PROBE_N if n is None else n
+    if n < 2:  # no held-out probe (tests)
+        return {}
     held = render_corpus(n, recipe.corpus_seed + _PROBE_CORPUS_SEED_OFFSET, recipe.image_size)
     images = [_ArrayImage(a, f"probe-{held.seed}-{i}") for i, a in enumerate(held.images)]
     # an item holds an image or a text, never both: the corpus's images and texts are
     # independent samples
     contents = ([ItemContent(text=None, image=im) for im in images]
                 + [ItemContent(text=t, image=None) for t in held.texts])
-    zeros = np.zeros(n, dtype=np.int64)
+    zeros = np.full(n, -1, dtype=np.int64)  # no label: the other modality's samples
     labels = {"color": np.r_[held.color, zeros], "shape": np.r_[held.shape, zeros],
               "brand": np.r_[zeros, held.brand], "product": np.r_[zeros, held.product]}
     half = np.r_[np.arange(n) < n // 2, np.arange(n) < n // 2]
