@@ -79,6 +79,8 @@ class PretrainRecipe:
     image_pretrain_scale: float = 0.5
     bag_len: int = 3
     hard_colours: int = 0  # > 0: single-image batches hold this many colours (shape must tell)
+    partial_captions: int = 0  # 1: half the single-image steps pair images with the corpus's
+    # shape-only or colour-only captions (a direct signal for each attribute); 0: full only
     corpus_n: int = 2048
     corpus_seed: int = 0
     image_size: int = 32
@@ -97,7 +99,7 @@ class PretrainRecipe:
         if not 0.0 <= self.image_pretrain_scale <= 1.0:
             raise ConfigError(f"pretrain: image_pretrain_scale={self.image_pretrain_scale} "
                               "must be in [0, 1]")
-        for name in ("steps", "corpus_seed", "seed", "hard_colours"):
+        for name in ("steps", "corpus_seed", "seed", "hard_colours", "partial_captions"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"pretrain: {name}={getattr(self, name)} must be >= 0")
         for name in ("batch", "bag_len", "corpus_n", "max_text_tokens"):
@@ -230,7 +232,7 @@ def _train(emb, corpus, recipe: PretrainRecipe,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr(s, recipe))
     emb.train()
     log: list[dict] = []
-    n, counts = len(corpus), {"image": 0, "text": 0}
+    n, counts, singles = len(corpus), {"image": 0, "text": 0}, 0
     for step in range(recipe.steps):
         side = "image" if recipe.image_step(step) else "text"
         # alternate single items and bags within each side
@@ -246,9 +248,18 @@ def _train(emb, corpus, recipe: PretrainRecipe,
         idx = pool[rng.choice(len(pool), size=(recipe.batch, k),
                               replace=recipe.batch * k > len(pool))]
         if side == "image":
+            # single-image steps cycle full, shape-only, full, colour-only captions
+            kind = "full"
+            if k == 1 and recipe.partial_captions:
+                kind = ("full", "shape", "full", "color")[singles % 4]
+            if k == 1:
+                singles += 1
+            captions, keys = {"full": (corpus.captions, image_label),
+                              "shape": (corpus.shape_captions, corpus.shape),
+                              "color": (corpus.color_captions, corpus.color)}[kind]
             a = enc.images([list(map(int, row)) for row in idx])
-            b = enc.texts([[corpus.captions[i] for i in row] for row in idx])
-            keys = image_label[idx]
+            b = enc.texts([[captions[i] for i in row] for row in idx])
+            keys = keys[idx]
         else:
             partner = np.array([[rng.choice(by_text_label[int(text_label[i])]) for i in row]
                                 for row in idx])
@@ -266,6 +277,8 @@ def _train(emb, corpus, recipe: PretrainRecipe,
         opt.step()
         sched.step()
         row = {"step": step, "side": side, "bag": k, "loss": float(loss.detach())}
+        if side == "image":
+            row["captions"] = kind
         log.append(row)
         if on_step is not None:
             on_step(step, row)
@@ -330,38 +343,6 @@ def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
 
 # ------------------------------------------------------------------------------------ probes
 
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, l2: float = 1e-3, iters: int = 100) -> float:
-    """Accuracy on the test rows of a multinomial logistic regression fitted (L-BFGS, L2
-    ``l2``, features standardised on the training rows) to the training rows."""
-    import torch
-
-    if len(x_train) == 0 or len(x_test) == 0:
-        return math.nan
-    classes = np.unique(y_train)
-    index = {int(c): k for k, c in enumerate(classes)}
-    xt = torch.as_tensor(np.asarray(x_train, dtype=np.float64))
-    xs = torch.as_tensor(np.asarray(x_test, dtype=np.float64))
-    mu, sd = xt.mean(0), xt.std(0) + 1e-6
-    xt, xs = (xt - mu) / sd, (xs - mu) / sd
-    yt = torch.as_tensor([index[int(c)] for c in y_train])
-    w = torch.zeros(xt.shape[1] + 1, len(classes), dtype=torch.float64, requires_grad=True)
-    ones = torch.ones(len(xt), 1, dtype=torch.float64)
-    design = torch.cat([xt, ones], 1)
-    opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(design @ w, yt) + l2 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        pred = (torch.cat([xs, torch.ones(len(xs), 1, dtype=torch.float64)], 1) @ w).argmax(1)
-    return float((classes[pred.numpy()] == np.asarray(y_test)).mean())
-
-
 #: Which branch each attribute is probed from, and the cross probes (controls near chance).
 PROBES = {"image": ("color", "shape"), "text": ("brand", "product")}
 CROSS_PROBES = {"image": ("brand",), "text": ("color",)}
@@ -387,14 +368,17 @@ def _branch_features(emb, contents: list) -> dict[str, tuple[np.ndarray, np.ndar
 
 def probe_branches(emb, contents: list, labels: dict[str, np.ndarray],
                    train: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """Linear-probe accuracies of each branch of ``emb`` on items ``contents``.
+    """Linear-probe accuracies of each branch of ``emb`` on items ``contents`` (the probe is
+    :func:`benchmark.encoders.probes.fit_predict`).
 
     ``labels``: attribute name -> integer code per item (``color``, ``shape``, ``brand``,
     ``product``; missing ones are skipped; -1 marks an item without a label); ``train`` /
-    ``test``: boolean masks over the items.
-    Returns ``{"image/color": acc, ..., "chance/color": 1/n_classes, "cross/image/brand": ...}``;
-    a probe only uses items whose branch is present.
+    ``test``: boolean masks over the items. Returns ``{"image/color": acc, ...,
+    "chance/color": 1/n_classes, "cross/image/brand": ...}``; a probe only uses items whose
+    branch is present.
     """
+    from benchmark.encoders.probes import fit_predict
+
     feats = _branch_features(emb, contents)
     out: dict[str, float] = {}
     for table, prefix in ((PROBES, ""), (CROSS_PROBES, "cross/")):
@@ -404,9 +388,13 @@ def probe_branches(emb, contents: list, labels: dict[str, np.ndarray],
                 if attr not in labels:
                     continue
                 y = np.asarray(labels[attr])
-                known = y >= 0  # -1: no label (padding, an item without the column)
+                known = y >= 0
                 tr, te = train & present & known, test & present & known
-                out[f"{prefix}{branch}/{attr}"] = linear_probe(x[tr], y[tr], x[te], y[te])
+                n_classes = int(y[known].max()) + 1
+                if tr.sum() < 2 or not te.any():
+                    continue
+                pred = fit_predict(x[tr], y[tr], x[te], n_classes)
+                out[f"{prefix}{branch}/{attr}"] = float(np.mean(pred == y[te]))
                 out[f"chance/{attr}"] = 1.0 / len(np.unique(y[known]))
     return out
 
@@ -427,9 +415,9 @@ def corpus_probe(emb, recipe: PretrainRecipe, n: int | None = None) -> dict[str,
     # independent samples
     contents = ([ItemContent(text=None, image=im) for im in images]
                 + [ItemContent(text=t, image=None) for t in held.texts])
-    zeros = np.full(n, -1, dtype=np.int64)  # no label: the other modality's samples
-    labels = {"color": np.r_[held.color, zeros], "shape": np.r_[held.shape, zeros],
-              "brand": np.r_[zeros, held.brand], "product": np.r_[zeros, held.product]}
+    none = np.full(n, -1, dtype=np.int64)  # no label: the other modality's samples
+    labels = {"color": np.r_[held.color, none], "shape": np.r_[held.shape, none],
+              "brand": np.r_[none, held.brand], "product": np.r_[none, held.product]}
     half = np.r_[np.arange(n) < n // 2, np.arange(n) < n // 2]
     result = probe_branches(emb, contents, labels, half, ~half)
     emb.clear_image_cache()  # probe images are not part of any catalogue
@@ -451,35 +439,30 @@ class _ArrayImage:
         return self.key
 
 
-def attribute_labels(data) -> dict[str, np.ndarray]:
-    """Integer codes of the synthetic world's hidden attribute columns per item id (row 0,
-    padding, is -1); {} when the dataset has none. An analysis input, never a model's."""
+def branch_tables(emb, data) -> dict:
+    """The items' text- and image-branch embeddings of ``emb`` (item prompts) as
+    ``benchmark.features.ModalityFeatures`` (rows by item id, row 0 and missing rows zero)."""
+    from benchmark.features import ModalityFeatures
+
+    from .model import item_contents
+
+    feats = _branch_features(emb, item_contents(data)[1:])
     out = {}
-    for attr in ("color", "shape", "brand", "product"):
-        values = data.item_fields.get(attr)
-        if values is None:
-            continue
-        names = sorted({v for v in values[1:] if v})
-        code = {v: k for k, v in enumerate(names)}
-        out[attr] = np.array([code.get(v, -1) if v else -1 for v in values], dtype=np.int64)
+    for m, (values, present) in feats.items():
+        values = np.concatenate([np.zeros((1, values.shape[1]), np.float32), values])
+        present = np.concatenate([[False], present])
+        values[~present] = 0.0
+        out[m] = ModalityFeatures(values, present, encoder=f"vlm2rec {m} branch")
     return out
 
 
-def probe_dataset(emb, data, split) -> dict[str, float]:
-    """Branch probes of ``emb`` on a dataset's items: trained on the warm items (those with a
-    training interaction in ``split``), tested on the others; {} without attribute columns.
+def probe_dataset(emb, data, split) -> dict[str, dict]:
+    """Branch probes of ``emb`` on a dataset's items, before or after fine-tuning:
+    :func:`benchmark.encoders.probes.probe_features` (trained on warm items, tested on cold
+    ones) on :func:`branch_tables`; {} without the hidden attribute columns.
 
-    Call it before and after fine-tuning, e.g. ``probe_dataset(model.embedder, model.data,
-    split)`` for a :class:`~methods.vlm2rec.model.VLM2Rec` (the item text is the one the model
-    reads, ``model.item_text``)."""
-    from .model import item_contents
+    For a trained :class:`~methods.vlm2rec.model.VLM2Rec` the same is
+    ``probe_features(data, split, model.modality_tables())``."""
+    from benchmark.encoders.probes import probe_features
 
-    labels = attribute_labels(data)
-    if not labels:
-        return {}
-    warm = split.train_item_counts(data.n_items) > 0
-    real = np.arange(data.n_items) > 0
-    contents = item_contents(data)
-    result = probe_branches(emb, contents, labels, warm & real, ~warm & real)
-    result["n_train"], result["n_test"] = int((warm & real).sum()), int((~warm & real).sum())
-    return result
+    return probe_features(data, split, branch_tables(emb, data))
