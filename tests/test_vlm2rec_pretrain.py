@@ -42,7 +42,7 @@ def test_recipe_key_changes_with_every_knob():
     assert base.key() == PretrainRecipe().key()
     for change in ({"steps": 301}, {"image_pretrain_scale": 0.2}, {"corpus_seed": 1},
                    {"family": "smolvlm"}, {"batch": 16}, {"seed": 1}, {"vision": "tiny-wide"},
-                   {"hard_colours": 2}, {"bag_len": 1}, {"partial_captions": 0}):
+                   {"hard_colours": 2}, {"bag_len": 1}, {"partial_captions": 1}):
         assert PretrainRecipe(**change).key() != base.key(), change
 
 
