@@ -135,3 +135,17 @@ def test_probe_branches_reads_each_branch_and_skips_unlabelled_items():
     out = pretrain.probe_branches(Fake(), list(range(n)), {"color": color}, train, ~train)
     assert out["image/color"] == 1.0 and out["chance/color"] == 0.25
     assert out["cross/text/color"] < 0.5
+
+
+def test_tiny_checkpoint_vision_size(tmp_path):
+    from transformers import AutoConfig
+
+    from methods.vlm2rec.tiny import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint("qwen2-vl", tmp_path / "w", ["a red circle"], vision="tiny-wide")
+    config = AutoConfig.from_pretrained(path)
+    assert config.vision_config.embed_dim == 64 and config.vision_config.depth == 2
+    assert json.loads((path / TINY_MARKER).read_text())["vision"] == "tiny-wide"
+    assert stand_in_kind(path) == "random" and stand_in_kind(tmp_path) is None
+    with pytest.raises(ValueError):
+        build_tiny_checkpoint("qwen2-vl", tmp_path / "x", ["a"], vision="huge")
