@@ -73,6 +73,11 @@ def test_pretraining_is_deterministic_and_changes_the_weights(tmp_path):
     marker = json.loads((a / TINY_MARKER).read_text())
     assert marker["kind"] == "harness-pretrained" and marker["recipe_key"] == recipe.key()
     assert marker["image_steps"] + marker["text_steps"] == 3
+    # the build's timing is kept out of the hashed files: identical weights, identical hash
+    from benchmark.encoders.checkpoints import checkpoint_hash
+
+    assert checkpoint_hash(a) == checkpoint_hash(b)
+    assert pretrain.pretrain_cost(a)["pretrain_seconds"] >= 0
 
 
 def test_resolve_builds_once_per_recipe(tmp_path, monkeypatch):

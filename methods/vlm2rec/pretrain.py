@@ -54,6 +54,7 @@ PRETRAINED_PREFIX = "pretrained-"
 PRETRAINED_NAME = re.compile(
     r"pretrained-(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm|idefics3)(?::(.*))?")
 STAND_IN_KIND = "harness-pretrained"
+PRETRAIN_LOG = "pretrain_log.jsonl"  # cost + step log (not hashed: see build_pretrained_...)
 _PROBE_CORPUS_SEED_OFFSET = 1_000_003  # the held-out probe corpus: another corpus seed
 PROBE_N = 512  # held-out corpus samples per modality for the marker's probes
 
@@ -327,9 +328,6 @@ def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
                 "web-pretrained VLM.",
         "recipe": asdict(recipe),
         "recipe_key": recipe.key(),
-        "pretrain_seconds": round(seconds, 2),
-        "pretrain_cpu_seconds": round(cpu_seconds, 2),
-        "torch_threads": torch.get_num_threads(),
         "image_steps": n_image,
         "text_steps": len(steps) - n_image,
         "final_loss": {side: float(np.mean([r["loss"] for r in steps if r["side"] == side][-tail:]))
@@ -338,7 +336,23 @@ def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
         "corpus_probe_after": after,
     })
     (out_dir / TINY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    # the cost varies from build to build, so it stays out of the hashed checkpoint files
+    # (``benchmark.encoders.checkpoints.checkpoint_hash`` reads *.json): identical weights
+    # keep one checkpoint hash, hence one VLM2Rec stage key
+    cost = {"pretrain_seconds": round(seconds, 2), "pretrain_cpu_seconds": round(cpu_seconds, 2),
+            "torch_threads": torch.get_num_threads()}
+    (out_dir / PRETRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in [cost, *steps]))
     return out_dir
+
+
+def pretrain_cost(path: str | Path) -> dict:
+    """The cost of a harness-pretrained checkpoint's pre-training (seconds, CPU seconds,
+    threads), from its ``pretrain_log.jsonl``; {} if absent."""
+    log = Path(path) / PRETRAIN_LOG
+    if not log.is_file():
+        return {}
+    with open(log) as f:
+        return json.loads(f.readline())
 
 
 # ------------------------------------------------------------------------------------ probes
