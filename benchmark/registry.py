@@ -537,8 +537,10 @@ _VLM2REC_SPACE = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
     "tau": {"type": "float", "low": 0.02, "high": 0.2, "log": True},
     "lambda_w": {"type": "float", "low": 0.0, "high": 2.0},
-    "lambda_r": {"type": "float", "low": 0.0, "high": 1.0},
+    # up to 2: on the pretrained stand-in |grad L_CRTR| ~ 0.7 |grad L_CL|, so parity is ~1.5
+    "lambda_r": {"type": "float", "low": 0.0, "high": 2.0},
     "gamma": {"type": "float", "low": 0.0, "high": 2.0},
+    "alpha": {"type": "float", "low": 0.1, "high": 5.0, "log": True},
     "tau_r": {"type": "float", "low": 0.05, "high": 0.5, "log": True},
     "lora_r": {"type": "categorical", "choices": [8, 16, 32]},
 }

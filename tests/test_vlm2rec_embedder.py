@@ -12,7 +12,12 @@ import torch
 
 from methods.vlm2rec import prompts
 from methods.vlm2rec.embedder import ItemContent, VLMEmbedder
-from methods.vlm2rec.tiny import TINY_MARKER, build_tiny_checkpoint, paper_config
+from methods.vlm2rec.tiny import (
+    TINY_MARKER,
+    build_tiny_checkpoint,
+    paper_config,
+    stand_in_kind,
+)
 
 WORDS = ["red", "blue", "toy", "car", "doll", "lipstick", "shoe", "running", "beauty"]
 WORDS += ["cream", "soft", "large", "small", "kids"]
@@ -84,6 +89,7 @@ def test_tiny_checkpoint_saves_and_loads_through_from_pretrained(assets, family)
     emb = embedder(assets, family)
     info = emb.info()
     assert info["stand_in"] is True and "NOT pretrained" in info["stand_in_note"]
+    assert info["stand_in_kind"] == "random" == stand_in_kind(path)
     assert emb.dim == 64 and emb.trust_remote_code is False
     # special tokens are single ids (the prompt layout relies on it)
     tok = emb.tokenizer

@@ -114,6 +114,41 @@ def test_wpcl_without_a_modality_is_zero_with_nan_diagnostics():
     assert loss.item() == 0.0 and stats.weak is None and math.isnan(stats.rho)
 
 
+def test_wpcl_both_at_chance_with_half_the_images_missing_is_balanced():
+    # every user and item embedding identical within a modality: each modality alone is at
+    # chance. Half the items (and their users) lack an image. On its own candidates the text
+    # softmax is 1/6 per column and the image softmax 1/3: the old estimate gave rho = 2,
+    # beta = 1 + tanh(1) = 1.76 and called text weak. On the common rows and columns (three
+    # of each) both are 1/3 exactly.
+    n, d = 6, 4
+    same = torch.ones(n, d)
+    half = torch.tensor([True, False, True, False, True, False])
+    loss, stats = wpcl(same, same, same, same, _all(n), _all(n), half, half, TAU)
+    assert stats.p_text == pytest.approx(1 / 3, abs=1e-6)
+    assert stats.p_image == pytest.approx(1 / 3, abs=1e-6)
+    assert stats.rho == pytest.approx(1.0, abs=1e-6) and stats.beta == pytest.approx(1.0, abs=1e-6)
+    # the weak modality (a tie: image) keeps its own anchors and candidates, unpenalised
+    assert stats.weak == "image"
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+
+
+def test_wpcl_strength_uses_rows_with_every_branch_and_common_candidates():
+    h_t, e_t, h_v, e_v = _imbalanced(4)
+    user_img = torch.tensor([True, True, False, True, True, True])
+    item_img = torch.tensor([True, True, True, True, False, True])
+    _, stats = wpcl(h_t, e_t, h_v, e_v, _all(), _all(), user_img, item_img, TAU)
+    rows, cols = [0, 1, 3, 5], [0, 1, 2, 3, 5]  # rows: all four branches; cols: both items' ones
+
+    def p_common(h, e):
+        s = F.normalize(h, dim=-1) @ F.normalize(e, dim=-1).T / TAU
+        sub = s[rows][:, cols].softmax(-1)
+        return float(torch.stack([sub[k, cols.index(r)] for k, r in enumerate(rows)]).mean())
+
+    assert stats.p_text == pytest.approx(p_common(h_t, e_t), rel=1e-5)
+    assert stats.p_image == pytest.approx(p_common(h_v, e_v), rel=1e-5)
+    assert stats.rho == pytest.approx(stats.p_text / stats.p_image, rel=1e-6)
+
+
 def test_crtr_zero_for_identical_modalities_symmetric_positive_otherwise():
     g = torch.Generator().manual_seed(3)
     z_t, z_v = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)

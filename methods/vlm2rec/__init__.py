@@ -16,6 +16,9 @@ _LAZY = {
     "build_tiny_checkpoint": "tiny",
     "paper_config": "tiny",
     "is_tiny_checkpoint": "tiny",
+    "stand_in_kind": "tiny",
+    "probe_dataset": "pretrain",
+    "resolve_pretrained": "pretrain",
 }
 
 __all__ = [
@@ -25,6 +28,9 @@ __all__ = [
     "build_tiny_checkpoint",
     "is_tiny_checkpoint",
     "paper_config",
+    "probe_dataset",
+    "resolve_pretrained",
+    "stand_in_kind",
 ]
 
 

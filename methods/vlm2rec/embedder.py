@@ -409,7 +409,10 @@ class VLMEmbedder(nn.Module):
             "model": self.model_name,
             "model_type": self.model_type,
             "stand_in": self.stand_in is not None,
+            # "random" or "harness-pretrained" (methods.vlm2rec.pretrain); None: a real model
+            "stand_in_kind": None if self.stand_in is None else self.stand_in.get("kind", "random"),
             "stand_in_note": None if self.stand_in is None else self.stand_in.get("note"),
+            "stand_in_recipe": None if self.stand_in is None else self.stand_in.get("recipe"),
             "n_params": n_params,
             "n_trainable": sum(p.numel() for p in self.trainable_parameters()),
             "dim": self.dim,

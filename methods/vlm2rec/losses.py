@@ -91,27 +91,37 @@ def wpcl(h_t: torch.Tensor, e_t: torch.Tensor, h_v: torch.Tensor, e_v: torch.Ten
          target_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, WPCLStats]:
     """L_WPCL and its diagnostics.
 
-    1. ``p^m = mean_u softmax_j(s^m(u, j)/tau)[u+]`` per modality, under stop-gradient;
+    1. ``p^m = mean_u softmax_j(s^m(u, j)/tau)[u+]`` per modality, under stop-gradient, on the
+       *common* rows and columns: anchors with both modalities present (user and target, text
+       and image) ranked against candidates with both branches present;
     2. weak modality ``w = argmin_m p^m`` (ties: image), ``rho = p^strong / p^weak``;
     3. ``beta = 1 + gamma * tanh(alpha * (rho - 1))``;
-    4. unimodal InfoNCE of the weak modality with ``log(beta)`` added to its negative logits.
+    4. unimodal InfoNCE of the weak modality with ``log(beta)`` added to its negative logits,
+       over that modality's own anchors and candidates (every row where it is present).
 
-    When a modality has no anchor (no row with both branches present) there is nothing to
-    compare: the loss is 0 and the diagnostics are NaN.
+    Why the common set in step 1: a probability is relative to its candidate set. With half the
+    images missing, the image softmax runs over half the columns, so two modalities both at
+    chance would give ``p^v = 2 p^t``, rho ~ 2, and the penalty would land on text for no
+    reason. On the common set the chance levels are equal and rho compares skill only.
+
+    When no row has all four branches with a common candidate (nothing to compare), the loss
+    is 0 and rho, weak and beta are NaN / None.
     """
     logits, anchors, p = {}, {}, {}
+    both_rows = h_t_present & e_t_present & h_v_present & e_v_present
+    both_cols = e_t_present & e_v_present
     for m, h, e, hp, ep in (("text", h_t, e_t, h_t_present, e_t_present),
                             ("image", h_v, e_v, h_v_present, e_v_present)):
         anchors[m] = hp & ep
         logits[m] = masked_logits(h, e, tau, target_ids, ep)
-        if anchors[m].any():
+        if both_rows.any():
             with torch.no_grad():
-                rows = anchors[m].nonzero().squeeze(1)
-                p[m] = float(logits[m][rows].softmax(-1)[torch.arange(len(rows)), rows].mean())
+                rows = both_rows.nonzero().squeeze(1)
+                common = logits[m][rows].masked_fill(~both_cols.view(1, -1), -torch.inf)
+                p[m] = float(common.softmax(-1)[torch.arange(len(rows)), rows].mean())
     if len(p) < 2:
         nan = math.nan
-        return h_t.new_zeros((), dtype=torch.float32), WPCLStats(
-            p.get("text", nan), p.get("image", nan), nan, None, nan)
+        return h_t.new_zeros((), dtype=torch.float32), WPCLStats(nan, nan, nan, None, nan)
     weak = "text" if p["text"] < p["image"] else "image"
     strong = "image" if weak == "text" else "text"
     rho = p[strong] / max(p[weak], 1e-12)

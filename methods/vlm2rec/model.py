@@ -53,7 +53,13 @@ TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained che
 def resolve_vlm(name: str, data, cache_dir: Path) -> Path:
     """The local checkpoint folder of ``name``: a hub name or folder, or ``tiny-<family>`` /
     ``small-<family>`` meaning a random stand-in for this dataset, built once into the cache
-    (its tokenizer is trained on the items' texts) and loaded back via ``from_pretrained``."""
+    (its tokenizer is trained on the items' texts) and loaded back via ``from_pretrained``;
+    ``pretrained-<size>-<family>[:key=value,...]``: a harness-pretrained stand-in
+    (``methods.vlm2rec.pretrain``), built once per recipe, independent of the dataset."""
+    if name.startswith("pretrained-"):
+        from .pretrain import resolve_pretrained
+
+        return resolve_pretrained(name, cache_dir)
     match = TINY_NAME.fullmatch(name)
     if match is None:
         from benchmark.encoders.checkpoints import resolve_checkpoint

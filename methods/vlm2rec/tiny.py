@@ -54,7 +54,12 @@ _VISION = {
     "tiny": {"hidden": 32, "layers": 1, "heads": 2, "patch": 8, "image": 32, "mlp_ratio": 2},
     "small": {"hidden": 128, "layers": 2, "heads": 4, "patch": 14, "image": 224, "mlp_ratio": 2},
     "2b": {"hidden": 1280, "layers": 32, "heads": 16, "patch": 14, "image": 224, "mlp_ratio": 4},
+    # vision towers with room to learn shapes (harness pre-training, methods.vlm2rec.pretrain):
+    # "tiny" (one 32-wide layer on 8 px patches) learns colour but not shape
+    "tiny-wide": {"hidden": 64, "layers": 2, "heads": 4, "patch": 8, "image": 32, "mlp_ratio": 4},
+    "tiny-fine": {"hidden": 64, "layers": 2, "heads": 4, "patch": 4, "image": 32, "mlp_ratio": 4},
 }
+VISION_SIZES = tuple(_VISION)
 
 
 def paper_config() -> dict[str, Any]:
@@ -79,8 +84,18 @@ def paper_config() -> dict[str, Any]:
 
 
 def is_tiny_checkpoint(path: str | Path) -> bool:
-    """True if ``path`` is a local folder holding a stand-in built by this module."""
+    """True if ``path`` is a local folder holding a stand-in built by this module (random or
+    harness-pretrained: see :func:`stand_in_kind`)."""
     return (Path(path) / TINY_MARKER).is_file()
+
+
+def stand_in_kind(path: str | Path) -> str | None:
+    """``"random"`` (built from a config), ``"harness-pretrained"`` (then pre-trained by
+    ``methods.vlm2rec.pretrain``) or None (not a stand-in: a real checkpoint)."""
+    marker = Path(path) / TINY_MARKER
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("kind", "random")
 
 
 def _template_corpus() -> list[str]:
@@ -132,8 +147,8 @@ def _lm_shape(t: dict, tok) -> dict[str, Any]:
     }
 
 
-def _qwen_config(family: str, size: str, tok) -> Any:
-    t, v = _TEXT[size], _VISION[size]
+def _qwen_config(family: str, size: str, tok, vision: str) -> Any:
+    t, v = _TEXT[size], _VISION[vision]
     head_dim = t["hidden"] // t["heads"]
     half, hw = head_dim // 2, 3 * (head_dim // 2) // 8
     mrope = [half - 2 * hw, hw, hw]  # (temporal, height, width) sections sum to head_dim / 2
@@ -185,10 +200,10 @@ def _qwen_config(family: str, size: str, tok) -> Any:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
 
 
-def _smolvlm_config(family: str, size: str, tok) -> Any:
+def _smolvlm_config(family: str, size: str, tok, vision: str) -> Any:
     from transformers import Idefics3Config, SmolVLMConfig
 
-    t, v = _TEXT[size], _VISION[size]
+    t, v = _TEXT[size], _VISION[vision]
     text = {
         "model_type": "llama",
         **_lm_shape(t, tok),
@@ -219,13 +234,15 @@ def _smolvlm_config(family: str, size: str, tok) -> Any:
 
 
 def build_tiny_checkpoint(
-    family: str, out_dir: Path, texts: list[str], seed: int = 0, size: str = "tiny"
+    family: str, out_dir: Path, texts: list[str], seed: int = 0, size: str = "tiny",
+    vision: str | None = None,
 ) -> Path:
     """Build, save and return a random-weight ``family`` checkpoint folder at ``out_dir``.
 
     ``family``: "qwen2-vl", "qwen2.5-vl", "smolvlm" or "idefics3" (SmolVLM's layout with the
     Idefics3 classes); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
     patches, 32 px images: 4 LM tokens per image) or "small" (~14 M, 14 px patches, 224 px).
+    ``vision``: the vision tower's size if not ``size``'s (``VISION_SIZES``; e.g. "tiny-wide").
     """
     import torch
 
@@ -235,13 +252,16 @@ def build_tiny_checkpoint(
         raise ValueError(f"unknown tiny size {size!r}; expected one of {SIZES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    vision = size if vision is None else vision
+    if vision not in _VISION:
+        raise ValueError(f"unknown vision size {vision!r}; expected one of {VISION_SIZES}")
     vocab = _TEXT[size]["vocab"]
-    v = _VISION[size]
+    v = _VISION[vision]
     if family.startswith("qwen"):
         from transformers import Qwen2VLImageProcessorPil
 
         tok = _train_tokenizer(texts, _QWEN_SPECIALS, vocab, "<|endoftext|>", "<|im_end|>")
-        config = _qwen_config(family, size, tok)
+        config = _qwen_config(family, size, tok, vision)
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=v["patch"],
             merge_size=2,
@@ -255,7 +275,7 @@ def build_tiny_checkpoint(
         tok = _train_tokenizer(
             texts, _SMOLVLM_SPECIALS, vocab, "<|endoftext|>", "<end_of_utterance>"
         )
-        config = _smolvlm_config(family, size, tok)
+        config = _smolvlm_config(family, size, tok, vision)
         processor_class = (
             SmolVLMImageProcessorPil if family == "smolvlm" else Idefics3ImageProcessorPil
         )
@@ -275,12 +295,14 @@ def build_tiny_checkpoint(
     n_params = sum(p.numel() for p in model.parameters())
     marker = {
         "stand_in": True,
+        "kind": "random",  # "harness-pretrained" once methods.vlm2rec.pretrain has trained it
         "pretrained": False,
         "note": "Randomly initialised stand-in built by methods.vlm2rec.tiny from a config; NOT "
         "pretrained weights. Results computed with it exercise the code path only and say "
         "nothing about the real model.",
         "family": family,
         "size": size,
+        "vision": vision,
         "seed": seed,
         "n_params": n_params,
         "model_type": config.model_type,
