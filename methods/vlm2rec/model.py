@@ -478,10 +478,12 @@ class VLM2RecSASRec(SASRec):
         return self.item_embedding.weight
 
     def provenance(self) -> dict:
-        """The backbone behind the stage's item table (``stand_in``: a random backbone)."""
-        from .tiny import is_tiny_checkpoint
+        """The backbone behind the stage's item table (``stand_in``: not pretrained weights;
+        ``stand_in_kind``: "random" or "harness-pretrained")."""
+        from .tiny import is_tiny_checkpoint, stand_in_kind
 
-        return {"vlm": {"path": str(self.vlm_path), "stand_in": is_tiny_checkpoint(self.vlm_path)}}
+        return {"vlm": {"path": str(self.vlm_path), "stand_in": is_tiny_checkpoint(self.vlm_path),
+                        "stand_in_kind": stand_in_kind(self.vlm_path)}}
 
     def modality_tables(self) -> dict:
         """The stage's unimodal item tables (see :meth:`VLM2Rec.modality_tables`)."""
