@@ -222,11 +222,13 @@ def cmd_list(args) -> int:
     if args.what == "models":
         from .registry import get_model_spec, list_models
 
-        for name in list_models(args.pattern or "*"):
+        names = list_models(args.pattern or "*")
+        width = max((len(n) for n in names), default=0)
+        for name in names:
             spec = get_model_spec(name)
             mods = "+".join(spec.modalities) or "-"
             presets = ",".join(spec.presets) or "-"
-            print(f"{name:<12} {mods:<14} presets: {presets:<12} {spec.description}")
+            print(f"{name:<{width}} {mods:<10} presets: {presets:<11} {spec.description}")
     elif args.what == "datasets":
         from .data.catalog import list_datasets
 
@@ -498,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted (rerun with --resume to continue)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output's reader stopped early (e.g. `bench list | head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+        return 0
 
 
 if __name__ == "__main__":
