@@ -25,6 +25,17 @@ from baselines.sasrec import SASRec
 from benchmark.errors import ConfigError
 
 FUSIONS = ("concat", "mean")
+MODALITIES = ("image", "text")
+
+
+def parse_modalities(value) -> tuple[str, ...]:
+    """``"image,text"`` (or a list) -> the modalities the model reads, in a fixed order."""
+    chosen = value.split(",") if isinstance(value, str) else list(value)
+    chosen = {m.strip() for m in chosen if m.strip()}
+    if not chosen or chosen - set(MODALITIES):
+        raise ConfigError(f"clip_sasrec: modalities must be a non-empty subset of "
+                          f"{','.join(MODALITIES)}, got {value!r}")
+    return tuple(m for m in MODALITIES if m in chosen)
 
 
 class ContentItemEmbedding(nn.Module):
@@ -33,14 +44,17 @@ class ContentItemEmbedding(nn.Module):
     ``concat``: [image; text] -> linear; a missing modality is replaced by a learned vector
     (initialised to that modality's mean feature). ``mean``: the mean of the modalities the item
     has -> linear (both feature sizes must agree, as in CLIP's shared space); an item with neither
-    gets a learned vector. The padding id 0 maps to zeros.
+    gets a learned vector. The padding id 0 maps to zeros. A modality left out of ``modalities``
+    is missing for every item (a planted text-only or image-only model, for the world check and
+    the collapse verdicts): it then carries no information about any item.
     """
 
-    def __init__(self, dataset, n_items: int, hidden_size: int, fusion: str, use_id: bool):
+    def __init__(self, dataset, n_items: int, hidden_size: int, fusion: str, use_id: bool,
+                 modalities: tuple[str, ...] = MODALITIES):
         super().__init__()
         if fusion not in FUSIONS:
             raise ConfigError(f"clip_sasrec: fusion must be one of {FUSIONS}, got {fusion!r}")
-        self.n_items, self.fusion = n_items, fusion
+        self.n_items, self.fusion, self.modalities = n_items, fusion, modalities
         dims = [register_features(self, dataset, m, n_items) for m in ("image", "text")]
         if fusion == "concat":
             self.missing_image = nn.Parameter(present_mean(self, "image"))
@@ -58,6 +72,10 @@ class ContentItemEmbedding(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         image, has_image = lookup(self, "image", items)
         text, has_text = lookup(self, "text", items)
+        if "image" not in self.modalities:
+            has_image = torch.zeros_like(has_image)
+        if "text" not in self.modalities:
+            has_text = torch.zeros_like(has_text)
         if self.fusion == "concat":
             image = torch.where(has_image.unsqueeze(-1), image, self.missing_image)
             text = torch.where(has_text.unsqueeze(-1), text, self.missing_text)
@@ -84,7 +102,8 @@ class CLIPSASRec(SASRec):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.item_embedding = ContentItemEmbedding(dataset, self.n_items, self.hidden_size,
-                                                   config["fusion"], bool(config["use_id"]))
+                                                   config["fusion"], bool(config["use_id"]),
+                                                   parse_modalities(config["modalities"]))
         self.item_embedding.projection.apply(self._init_weights)
         if self.item_embedding.id_embedding is not None:
             self.item_embedding.id_embedding.apply(self._init_weights)

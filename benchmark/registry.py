@@ -203,6 +203,7 @@ PARAM_RULES: dict[str, Rule] = {
 # (``Rule()`` accepts any value: a model whose parameter breaks the general rule on purpose).
 MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
     ("clip_sasrec", "fusion"): _one_of("concat", "mean"),
+    ("clip_sasrec", "modalities"): _one_of("image,text", "text,image", "image", "text"),
     ("vlm2rec", "fusion"): _one_of("external", "internal"),
     ("unisrec", "mode"): _one_of("transductive", "inductive"),  # a generic name: UniSRec's here
 }
@@ -489,6 +490,7 @@ register_model(ModelSpec(
     defaults={
         **_SASREC_TRANSFORMER,
         "fusion": "concat",  # or "mean" (one CLIP space: image and text of the same size)
+        "modalities": "image,text",  # "image" or "text": a planted unimodal model
         "use_id": False,
         "train_candidates": "seen",  # CE over the training items only; "all": every item
         "image_encoder": "harness-clip", "text_encoder": "harness-clip",
