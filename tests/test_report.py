@@ -346,3 +346,22 @@ def test_html_renders_in_headless_chromium(suite6, tmp_path):
     for table in ("main-synthetic", "significance", "signals-synthetic", "diagnostics", "sweeps"):
         assert int(tables[table]) > 1, table
     assert len(found["images"]) == 8 and min(found["images"]) > 100
+
+
+def test_world_check_section_states_each_expectation(tmp_path):
+    """The report shows the suite's world check (what `bench run` stored), a failure in bold."""
+    from benchmark.worldcheck import world_check
+
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop", "good"), extras=False)
+    doc = build_document(load_results(suite_dir), ReportOptions())
+    assert "No world check" in " ".join(b for s in doc.sections if s.id == "world-check"
+                                        for b in s.blocks if isinstance(b, str))
+    rows = json.loads((suite_dir / "summary.json").read_text())["rows"]
+    check = world_check(rows, "synthetic")
+    assert check["applies"] and check["expectations"]
+    (suite_dir / "world_check.json").write_text(json.dumps({"synthetic": check}))
+    doc = build_document(load_results(suite_dir), ReportOptions())
+    table = {t.label: t for t in doc.tables()}["world-check-synthetic"]
+    assert [r[0].text for r in table.rows] == [e["id"] for e in check["expectations"]]
+    for row, e in zip(table.rows, check["expectations"]):
+        assert row[2].text == e["status"].upper() and row[2].bold == (e["status"] == "fail")

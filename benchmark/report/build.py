@@ -73,7 +73,7 @@ def build_document(res: SuiteResults, opts: ReportOptions) -> Document:
     reference = _reference(res, opts.reference)
     styles = plots.styles(res.models)
     ctx = _Ctx(res, opts, metric, reference, styles)
-    sections = [_overview(ctx), _main(ctx), _significance(ctx), _signals(ctx),
+    sections = [_overview(ctx), _main(ctx), _world_check(ctx), _significance(ctx), _signals(ctx),
                 _robustness(ctx), _diagnostics(ctx), _sweeps(ctx), _provenance(ctx)]
     subtitle = (f"Suite `{res.name}`, rendered from stored results only by `bench report`. "
                 f"Reference model: `{reference}`; significance metric: {_name(metric)}.")
@@ -279,6 +279,30 @@ def _significance(ctx: _Ctx) -> Section:
         f"Mean per-user difference in {name} against {ctx.reference} with its 95% bootstrap CI; "
         "filled marker: significant after Holm correction (both tests), open: not."))
     return Section("significance", "Paired significance", blocks)
+
+
+def _world_check(ctx: _Ctx) -> Section:
+    """The suite's check of its controlled-modality world (``world_check.json``)."""
+    title = "World check"
+    checks = ctx.res.world_check
+    if not checks:
+        return Section("world-check", title, [
+            ("No world check: only a controlled-modality dataset (`synthetic`) has one; "
+             "`bench run` writes it (`world_check.json`) when the suite runs on one.")])
+    blocks: list = [("What the controlled-modality world must show if the world and the "
+                     "harness work (docs/synthetic.md; the expectations were written before the "
+                     "numbers and are never tuned to pass), measured over the suite's seeds. A "
+                     "failed expectation is a finding about the models or the world.")]
+    for label, doc in checks.items():
+        c = doc["counts"]
+        blocks.append(f"`{label}`, {_name(doc['metric'])}, seeds {doc['seeds']}: "
+                      f"{c['pass']} pass, {c['fail']} fail, {c['skipped']} skipped.")
+        rows = [[Cell(e["id"]), Cell(e["claim"]),
+                 Cell(e["status"].upper(), bold=e["status"] == "fail"),
+                 Cell(e.get("reason", ""))] for e in doc["expectations"]]
+        blocks.append(Table(_slug("world-check", label), f"World check on {label}",
+                            ["expectation", "claim", "status", "details"], rows, latex=False))
+    return Section("world-check", title, blocks)
 
 
 def _signal_columns(groups: set[str]) -> list[str]:

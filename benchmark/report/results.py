@@ -76,6 +76,7 @@ class SuiteResults:
     sweep: dict | None = None
     sweep_path: Path | None = None
     failed: list[dict] = field(default_factory=list)  # rows whose status is not "ok"
+    world_check: dict | None = None  # dataset -> the suite's world check (world_check.json)
 
     @property
     def datasets(self) -> list[str]:
@@ -133,6 +134,8 @@ def load_results(target: str | Path, results_dir: str | Path = "results") -> Sui
         robustness=_optional(suite_dir / "robustness.json", "rows", ("model", "perturbation",
                                                                      "rate", "metrics")),
         diagnostics=_optional(suite_dir / "diagnostics.json", "models", ("verdict",)),
+        world_check=(read_json(suite_dir / "world_check.json")
+                     if (suite_dir / "world_check.json").is_file() else None),
         sweep=_sweep(sweep_path) if sweep_path else None,
         sweep_path=sweep_path, failed=[r for r in rows if r not in ok])
 
