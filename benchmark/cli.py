@@ -40,9 +40,16 @@ def _key_values(pairs: list[str] | None) -> dict:
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {pair!r}")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            out[key.strip()] = value
+            parsed = value
+        if isinstance(parsed, str):  # YAML 1.1 reads "2e-3" (no dot) as a string
+            try:
+                parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf",
+                                                                         "infinity") else parsed
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 

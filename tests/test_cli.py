@@ -242,3 +242,14 @@ def test_provenance_card_labels_stand_in_content(tmp_path, capsys):
     coldfirst = next(e for e in check["expectations"] if "coldfirst" in json.dumps(e["checks"]))
     assert coldfirst["status"] in ("pass", "fail")
     assert "world check (syn" in capsys.readouterr().out
+
+
+def test_set_values_parse_like_a_user_types_them():
+    """YAML 1.1 reads `2e-3` (no dot) as a string; `--set` takes it as the number it is."""
+    from benchmark.cli import _key_values
+
+    parsed = _key_values(["learning_rate=2e-3", "epochs=3", "use_id=true", "vlm=tiny-qwen2-vl",
+                          "x=1e5", "word=nan"])
+    assert parsed == {"learning_rate": 0.002, "epochs": 3, "use_id": True,
+                      "vlm": "tiny-qwen2-vl", "x": 100000.0, "word": "nan"}
+    assert isinstance(parsed["epochs"], int)
