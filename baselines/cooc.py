@@ -9,7 +9,7 @@ the popularity share ``P(b)``. A case whose last input items are ``s_1`` (most r
 
 (an interpolated first-order Markov chain over a decayed window of the history). Nothing is
 trained by gradient: ``fit_statistics`` counts, as for MostPop, and the counts are rebuilt from
-the split rather than stored in ``model.pt``.
+the split (also by ``load_run``) rather than stored with the run's weights.
 """
 
 from __future__ import annotations
