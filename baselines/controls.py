@@ -17,24 +17,16 @@ from benchmark.recbole_compat import import_recbole
 import_recbole()
 
 import torch
-from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.utils import InputType
 
-from benchmark.contract import Capabilities
+from baselines.mostpop import ItemPrior
 
 
-class ColdFirst(SequentialRecommender):
+class ColdFirst(ItemPrior):
     """Score 1 for every item without a training interaction, 0 for the others (a control)."""
 
-    HARNESS = Capabilities(training="statistics")
-
-    input_type = InputType.POINTWISE
-
-    def __init__(self, config, dataset):
-        super().__init__(config, dataset)
-        self.register_buffer("cold", torch.zeros(self.n_items))
-        # RecBole's Trainer builds an optimiser, which needs at least one parameter.
-        self.fake_loss = torch.nn.Parameter(torch.zeros(1))
+    @property
+    def cold(self) -> torch.Tensor:
+        return self.scores
 
     def fit_statistics(self, train_sequences) -> None:
         """Mark the items that occur in no training sequence (the padding id 0 stays 0)."""
@@ -43,15 +35,4 @@ class ColdFirst(SequentialRecommender):
             seen[torch.as_tensor(seq, dtype=torch.long)] = True
         cold = (~seen).float()
         cold[0] = 0.0
-        self.cold.copy_(cold)
-
-    def calculate_loss(self, interaction):
-        """Nothing to learn (RecBole's own Trainer only)."""
-        return self.fake_loss.sum() * 0.0
-
-    def predict(self, interaction):
-        return self.cold[interaction[self.ITEM_ID]]
-
-    def full_sort_predict(self, interaction):
-        batch = interaction[self.ITEM_SEQ].shape[0]
-        return self.cold.unsqueeze(0).expand(batch, -1)
+        self.scores.copy_(cold)
