@@ -20,7 +20,7 @@ import_recbole()
 import torch
 from torch import nn
 
-from baselines.content import lookup, present_mean, register_features
+from baselines.content import item_id_embedding, lookup, present_mean, register_features
 from baselines.sasrec import SASRec
 from benchmark.errors import ConfigError
 
@@ -67,7 +67,7 @@ class ContentItemEmbedding(nn.Module):
             self.missing_content = nn.Parameter(
                 (present_mean(self, "image") + present_mean(self, "text")) / 2)
             self.projection = nn.Linear(dims[0], hidden_size)
-        self.id_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0) if use_id else None
+        self.id_embedding = item_id_embedding(n_items, hidden_size) if use_id else None
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         image, has_image = lookup(self, "image", items)
@@ -105,5 +105,3 @@ class CLIPSASRec(SASRec):
                                                    config["fusion"], bool(config["use_id"]),
                                                    parse_modalities(config["modalities"]))
         self.item_embedding.projection.apply(self._init_weights)
-        if self.item_embedding.id_embedding is not None:
-            self.item_embedding.id_embedding.apply(self._init_weights)

@@ -51,6 +51,8 @@ def present_mean(module: nn.Module, modality: str) -> torch.Tensor:
 def init_like_sasrec(module: nn.Module, std: float) -> None:
     """RecBole SASRec's initialisation: normal(0, std) weights, zero biases, unit LayerNorms
     (use as ``model.apply(functools.partial(init_like_sasrec, std=...))``)."""
+    if getattr(module, "_zero_init", False):
+        return  # a hybrid model's ID embedding (item_id_embedding) starts at zero
     if isinstance(module, (nn.Linear, nn.Embedding)):
         module.weight.data.normal_(mean=0.0, std=std)
     elif isinstance(module, nn.LayerNorm):
@@ -58,3 +60,18 @@ def init_like_sasrec(module: nn.Module, std: float) -> None:
         module.weight.data.fill_(1.0)
     if isinstance(module, nn.Linear) and module.bias is not None:
         module.bias.data.zero_()
+
+
+def item_id_embedding(n_items: int, hidden_size: int) -> nn.Embedding:
+    """The ID half of a hybrid (content + ID) item embedding, initialised to zeros.
+
+    Why zeros: an item's ID row moves only when the item occurs in training (as an input or,
+    with ``train_candidates: seen``, as a softmax candidate). A never-trained (cold) item keeps a
+    zero row, so it is scored by its content alone, not by the noise of a random initialisation
+    that nothing corrected; a warm item's row learns what content cannot say (its popularity,
+    its collaborative neighbourhood). Mark the module ``_zero_init`` so that a model-wide
+    ``apply(init_like_sasrec)`` leaves it at zero."""
+    embedding = nn.Embedding(n_items, hidden_size, padding_idx=0)
+    nn.init.zeros_(embedding.weight)
+    embedding._zero_init = True
+    return embedding

@@ -33,7 +33,7 @@ from recbole.model.layers import TransformerEncoder
 from torch import nn
 
 from baselines.candidates import TrainCandidates
-from baselines.content import init_like_sasrec
+from baselines.content import init_like_sasrec, item_id_embedding
 from benchmark.contract import Capabilities
 from benchmark.errors import ConfigError
 
@@ -123,7 +123,7 @@ class UniSRec(SequentialRecommender, TrainCandidates):
         self.lam = config["lambda"]
         self.item_drop_ratio = config["item_drop_ratio"]
         self.freeze_encoder = config["freeze_encoder"]
-        self.item_embedding = (nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.item_embedding = (item_id_embedding(self.n_items, self.hidden_size)
                                if self.mode == "transductive" else None)
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
         self.trm_encoder = TransformerEncoder(

@@ -570,6 +570,7 @@ register_model(ModelSpec(
         # the VLM2Rec stage: the vlm2rec model under this preset ("" = its defaults) and
         # overrides, trained once per (config, seed, dataset, split) and shared through the cache
         "stage1_preset": "", "stage1_overrides": {},
+        "use_id": False,  # true: + a zero-initialised ID embedding (a hybrid item table)
         "train_candidates": "seen",  # CE over the training items only; "all": every item
     },
     presets={

@@ -273,3 +273,31 @@ def test_seen_ranks_cold_targets_that_all_never_ranks(synthetic, tmp_path, monke
         cold[candidates] = mean_metrics(test.ranks[is_cold], ties=test.ties[is_cold])["ndcg@10"]
     assert cold["all"] == 0.0, cold  # every cold target pushed out of every top 10
     assert cold["seen"] > 0.01, cold  # its content ranks it
+
+
+@pytest.mark.parametrize("name,overrides", [("clip_sasrec", {"use_id": True}),
+                                            ("unisrec", {"mode": "transductive"})])
+def test_hybrid_id_rows_of_never_trained_items_stay_zero(name, overrides, batch, tmp_path,
+                                                         monkeypatch):
+    """A hybrid content model's ID embedding starts at zero; under ``seen`` an item that never
+    occurs in training keeps a zero row (it is scored by its content alone), while every item of
+    the training batch gets a row of its own."""
+    data, seq, lengths, target, targets, seen = batch
+    model, _ = build(monkeypatch, name, data, tmp_path / name, random_features(data.n_items),
+                     overrides={"MAX_ITEM_LIST_LENGTH": MAX_LEN, "train_candidates": "seen",
+                                **overrides})
+    model.set_train_items(seen)
+    ids = next(m for n, m in model.named_modules() if n.endswith(("id_embedding", "item_embedding"))
+               and isinstance(m, torch.nn.Embedding))
+    assert torch.count_nonzero(ids.weight) == 0
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model.all_positions_loss(seq, targets).backward()
+        optimizer.step()
+    in_batch = sorted({*seq[seq > 0].tolist(), *targets[targets > 0].tolist()})
+    never = sorted(set(range(1, data.n_items)) - set(seen) - set(in_batch))
+    assert never and in_batch
+    assert torch.count_nonzero(ids.weight[never]) == 0
+    assert bool((ids.weight[in_batch].abs().sum(1) > 0).all())

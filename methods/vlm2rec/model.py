@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from baselines.content import item_id_embedding
 from baselines.sasrec import SASRec
 from benchmark.contract import Capabilities
 from benchmark.errors import ConfigError
@@ -414,22 +415,26 @@ class VLM2Rec(SequentialRecommender):
 
 class AdaptedTable(nn.Module):
     """A frozen (n_items, d) table seen through a 2-layer MLP adapter to the SR hidden size
-    (LLMEmb's d -> d/2 -> hidden, with a GELU between the layers). Behaves like the
-    ``nn.Embedding`` it replaces: ``table(ids)`` and ``table.weight``."""
+    (LLMEmb's d -> d/2 -> hidden, with a GELU between the layers), plus a zero-initialised ID
+    embedding when ``use_id`` (a hybrid: see :func:`baselines.content.item_id_embedding`).
+    Behaves like the ``nn.Embedding`` it replaces: ``table(ids)`` and ``table.weight``."""
 
-    def __init__(self, n_items: int, dim: int, hidden: int, dropout: float):
+    def __init__(self, n_items: int, dim: int, hidden: int, dropout: float, use_id: bool = False):
         super().__init__()
         self.register_buffer("frozen", torch.zeros(n_items, dim))
         mid = max(1, dim // 2)
         self.mlp = nn.Sequential(nn.Linear(dim, mid), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(mid, hidden))
+        self.id_embedding = item_id_embedding(n_items, hidden) if use_id else None
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.mlp(self.frozen)
+        table = self.mlp(self.frozen)
+        return table if self.id_embedding is None else table + self.id_embedding.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.frozen[ids])
+        rows = self.mlp(self.frozen[ids])
+        return rows if self.id_embedding is None else rows + self.id_embedding(ids)
 
 
 class VLM2RecSASRec(SASRec):
@@ -460,8 +465,8 @@ class VLM2RecSASRec(SASRec):
         vlm_config = AutoConfig.from_pretrained(self.vlm_path)  # the size, not the weights
         dim = int(getattr(vlm_config, "text_config", vlm_config).hidden_size)
         self.item_embedding = AdaptedTable(self.n_items, dim, config["hidden_size"],
-                                           config["hidden_dropout_prob"])
-        self.item_embedding.apply(self._init_weights)
+                                           config["hidden_dropout_prob"], bool(config["use_id"]))
+        self.item_embedding.mlp.apply(self._init_weights)
         # the stage model, held outside the module tree: not part of this model's weights
         self._stage: tuple[VLM2Rec, ...] = ()
 
