@@ -161,9 +161,14 @@ def _print_plan(suite, opts) -> int:
           f"resume {opts.resume}")
     for model in suite.models:
         spec = suite.spec(model)
-        params = spec.resolve(suite.preset, suite.model_overrides(model))
         name = model if spec.name == model else f"{model} ({spec.name})"
-        print(f"model {name}: {json.dumps(params, sort_keys=True)}")
+        tuned = {label: s for (label, m), s in (opts.tuned or {}).items() if m == model}
+        for label, study in tuned.items() or [(None, None)]:
+            best = study["best_params"] if study else {}
+            params = spec.resolve(suite.preset, {**suite.model_overrides(model), **best})
+            where = (f" [tuned on {label}: sweep trial {study.get('best_trial')}]"
+                     if study else "")
+            print(f"model {name}{where}: {json.dumps(params, sort_keys=True)}")
     return 0
 
 
@@ -172,6 +177,10 @@ def cmd_run(args) -> int:
 
     suite = _suite_from_args(args)
     opts = _options(args, resume=args.resume)
+    if args.tuned:
+        from .sweep import tuned_studies
+
+        opts.tuned = tuned_studies(suite, opts)
     if args.dry_run:
         return _print_plan(suite, opts)
     rows = run_suite(suite, opts)
@@ -387,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip completed runs and continue killed ones from their checkpoint")
     r.add_argument("--dry-run", action="store_true",
                    help="check every option and parameter, print the resolved plan, run nothing")
+    r.add_argument("--tuned", action="store_true",
+                   help="use each model's best validation configuration from the suite's sweep "
+                        "(RESULTS/SUITE-sweep/sweep.json; run `bench sweep` first)")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="tune every model of a suite with Optuna on validation, "

@@ -564,3 +564,55 @@ def test_duplicate_ids_are_refused(kind):
                 else [Section("a", "A", [t]), Section("b", "B", [t])])
     with pytest.raises(ValueError, match="duplicated"):
         to_html(Document("t", "", sections))
+
+
+def test_run_tuned_uses_the_sweeps_best_configuration_and_the_report_says_so(
+        tiny_dataset, tmp_path, capsys):
+    """`bench run --tuned` runs each model with its study's best validation configuration
+    (checked against the study this run would have swept); the card and the report say so."""
+    from benchmark.cli import _suite_from_args, build_parser
+    from benchmark.runner import Options, prepare_dataset
+    from benchmark.sweep import study_name
+
+    results = tmp_path / "r"
+    argv = ["run", "--tuned", "--dataset", str(tiny_dataset), "--models", "mostpop,sasrec",
+            "--seeds", "0", "--epochs", "1", "--results-dir", str(results), "-q",
+            "--no-tracking"]
+    assert main(argv) == 2  # no sweep yet: one line, nothing run
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench: error: --tuned: no sweep of suite 'accuracy'")
+    assert len(err.splitlines()) == 1 and not (results / "accuracy").exists()
+
+    suite = _suite_from_args(build_parser().parse_args(argv))
+    name = study_name(suite, prepare_dataset(suite.datasets[0], suite, Options()), "sasrec")
+    best = {"hidden_size": 32, "learning_rate": 0.005, "n_layers": 2}
+    study = {"name": "accuracy.tiny.sasrec.0000000000", "dataset": "tiny", "model": "sasrec",
+             "best_trial": 3, "best_value": 0.1234, "best_params": best, "trials": []}
+    (results / "accuracy-sweep").mkdir(parents=True)
+    sweep_file = results / "accuracy-sweep" / "sweep.json"
+    sweep_file.write_text(json.dumps({"studies": [study], "untuned": ["mostpop"]}))
+    assert main(argv) == 2  # a study of other data or settings is not this run's
+    err = capsys.readouterr().err.strip()
+    assert "was run with other data, split, first seed or fixed parameters" in err
+    assert len(err.splitlines()) == 1 and not (results / "accuracy" / "runs").exists()
+
+    sweep_file.write_text(json.dumps({"studies": [{**study, "name": name}],
+                                      "untuned": ["mostpop"]}))
+    assert main([*argv, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "model sasrec [tuned on tiny: sweep trial 3]:" in plan and '"hidden_size": 32' in plan
+    assert main(argv) == 0
+    card = json.loads((results / "accuracy" / "runs" / "tiny" / "sasrec" / "seed-0" /
+                       "result.json").read_text())["provenance"]
+    assert {k: card["config"]["params"][k] for k in best} == best
+    assert card["tuning"]["best_trial"] == 3 and card["tuning"]["study"] == name
+    assert 0 < card["parameters"]["trainable"] <= card["parameters"]["total"]
+
+    doc = build_document(load_results(results / "accuracy"), ReportOptions(n_resamples=200))
+    tables = {t.label: t for t in doc.tables()}
+    config = {r[0].text: r[1].text for r in tables["valid-test-tiny"].rows}
+    assert config == {"mostpop": "default (nothing to tune)",
+                      "sasrec": "tuned: sweep trial 3 (valid 0.1234)"}
+    assert tables["sweeps"].rows[0][-1].text == "yes"
+    cost = {r[0].text: r for r in tables["cost-tiny"].rows}
+    assert cost["sasrec"][6].text == f"{card['parameters']['total']:,}"
