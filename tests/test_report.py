@@ -466,8 +466,8 @@ def test_caveats_come_from_the_cards(tmp_path):
     assert sum("Stand-in" in c for c in caveats) == 1  # the stage's copy is not a second one
     assert any(c.startswith('Content encoder "harness-clip (pre-trained by the harness)" feeds '
                             "`vlm` (text)") for c in caveats)
-    assert any(c.startswith("`vlm` was still improving on validation at its epoch cap (5 "
-                            "epochs) in 1 of 1") for c in caveats)
+    assert any(c.startswith("Best validation epoch = the last one allowed by the epoch cap: "
+                            "`vlm` (cap 5 epochs, 1 of 1 seed(s))") for c in caveats)
     assert any("no sweep was found" in c for c in caveats)
     assert any(c.startswith("Only 1 seed(s)") for c in caveats)
     # the card shows the content section as rows; JSON only in the fold
@@ -524,6 +524,12 @@ def test_training_panels_share_one_training_and_draw_chance():
     chance = next(s for s in panels[0].series if s.kind == "reference")
     assert chance.label == "chance" and chance.y == [1 / 64] * 3
     assert [s.label for s in panels[1].series] == ["grad_text"]  # no chance for a norm
+    only_norms = [{"model": "internal", "verdict": "x",
+                   "training": {"step": [0, 1], "grad_text": [0.0, 0.0]}}]
+    panels = _training_series_panels(only_norms, {})
+    assert [p.title for p in panels] == ["internal\nunimodal retrieval: not recorded",
+                                         "internal\ngradient norm"]
+    assert _training_series_panels([{**only_norms[0], "training": {"step": [0]}}], {}) == []
 
 
 def test_latex_tables_are_split_or_long_never_scaled():
@@ -553,6 +559,33 @@ def test_latex_tables_are_split_or_long_never_scaled():
     assert "\\resizebox" not in tex and body.count("\\footnotesize") == len(parts) + 2
     assert "\\begin{longtable}{@{}lr@{}}" in tex and "\\endhead" in tex
     assert "\\begin{tabular}{@{}lp{" in tex  # a sentence column wraps
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: "
+                    "apt-get install texlive-latex-base texlive-latex-recommended)")
+def test_tables_tex_compiles_without_overfull_boxes(suite6, tmp_path):
+    """tables.tex, and a long, a wide and a prose table, in a 10 pt article: it compiles, and
+    no table is wider than the text (LaTeX reports an overfull box for a line that does not
+    fit)."""
+    from benchmark.report.document import Cell, Document, Section, Table, to_latex
+
+    _, report, _ = suite6
+    long = Table("long", "Long", ["model", "value [95% CI]"],
+                 [[Cell(f"m{i}"), Cell("-0.0052 [-0.0086, -0.0020]")] for i in range(45)])
+    wide = Table("wide", "Wide", ["model", *(f"metric {i}" for i in range(12))],
+                 [[Cell("a-model")] + [Cell("0.0453 ± 0.0000")] * 12])
+    prose = Table("prose", "Prose", ["id", "claim"], [[Cell("x"), Cell("word " * 40)]])
+    (tmp_path / "extra.tex").write_text(to_latex(Document("t", "", [
+        Section("s", "S", [long, wide, prose])])))
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass[10pt]{article}\n\\usepackage[T1]{fontenc}\n"
+        "\\usepackage{booktabs,longtable}\n\\begin{document}\n"
+        f"\\input{{{report / 'tables.tex'}}}\n\\input{{extra.tex}}\n\\end{{document}}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log
 
 
 @pytest.mark.parametrize("kind", ["section", "table"])

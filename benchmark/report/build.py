@@ -610,8 +610,9 @@ def diagnostics_figures(data: dict, chance: dict[tuple[str, str], float] | None 
         out["diagnostics"] = plots.contribution_chart(panels, "contribution of the modality")
     training = _training_series_panels(entries, chance or {})
     if training:
+        # two columns: each row is one training (retrieval | gradient norms)
         out["diagnostics-training"] = plots.line_panels(training, "training step", "value",
-                                                        False, integer_x=True)
+                                                        False, integer_x=True, cols=2)
     return out
 
 
@@ -632,9 +633,10 @@ def _training_series_panels(entries: list[dict], chance: dict[tuple[str, str], f
     panels = []
     for e, models in distinct.values():
         t = e["training"]
-        head = " = ".join(models) + f" ({e.get('dataset')})"
+        head = " = ".join(models) + (f" ({e['dataset']})" if e.get("dataset") else "")
         if len(models) > 1:
             head += ", one shared training"
+        pair = []
         for what, names in (("unimodal retrieval", ("p_text", "p_image")),
                             ("gradient norm", ("grad_text", "grad_image"))):
             series = []
@@ -650,8 +652,10 @@ def _training_series_panels(entries: list[dict], chance: dict[tuple[str, str], f
                     pts = [(x, y) for x, y in zip(t["step"], level) if y is not None]
                     series.append(plots.Series("chance", [x for x, _ in pts],
                                                [y for _, y in pts], kind="reference"))
-            if series:
-                panels.append(plots.Panel(f"{head}\n{what}", series))
+            pair.append(plots.Panel(f"{head}\n{what}" + ("" if series else ": not recorded"),
+                                    series))
+        if any(p.series for p in pair):  # both panels, even one empty: one row per training
+            panels += pair
     return panels
 
 

@@ -298,7 +298,8 @@ TEX_HEADER_LINE = 14  # header cells wrap at spaces into lines of about this man
 
 
 def tex_escape(text: str) -> str:
-    return re.sub("|".join(re.escape(k) for k in _TEX), lambda m: _TEX[m.group()], text)
+    escaped = re.sub("|".join(re.escape(k) for k in _TEX), lambda m: _TEX[m.group()], text)
+    return re.sub(r"(?<![\w.])-(?=\d)", "$-$", escaped)  # a negative number: a minus, not a hyphen
 
 
 def _visible(text: str) -> int:
@@ -314,7 +315,8 @@ def _column_widths(t: Table) -> list[float]:
     """Each column's printed width in pt (before splitting); wrapping columns are capped."""
     widths = []
     for j, h in enumerate(t.header):
-        cells = [_visible(r[j].text) for r in t.rows if j < len(r)]
+        # bold digits are about 15% wider than regular ones
+        cells = [_visible(r[j].text) * (1.15 if r[j].bold else 1.0) for r in t.rows if j < len(r)]
         chars = max([max(len(x) for x in _header_lines(h)), *cells])
         widths.append(min(chars, TEX_TEXT_COLUMN) * TEX_CHAR_PT + TEX_PAD_PT)
     return widths
@@ -347,7 +349,8 @@ def _tex_header(text: str) -> str:
     lines = _header_lines(text)
     if len(lines) == 1:
         return tex_escape(lines[0])
-    return "\\begin{tabular}[b]{@{}c@{}}" + "\\\\".join(tex_escape(x) for x in lines) + \
+    # "\\{}" ends the line break, so a line starting with "[" is not read as its argument
+    return "\\begin{tabular}[b]{@{}c@{}}" + "\\\\{}".join(tex_escape(x) for x in lines) + \
         "\\end{tabular}"
 
 

@@ -207,24 +207,25 @@ def caveats(ctx: Ctx) -> list[str]:
 
 
 def _budget_caveats(ctx: Ctx) -> list[str]:
-    """Trained models whose best validation epoch was their last one at the epoch cap: they
-    were still improving when the budget stopped them."""
-    out = []
+    """Trained models whose best validation epoch was their last one, at the epoch cap: the
+    budget stopped them while they were still at their best (maybe still improving)."""
+    capped = []
     for d in ctx.res.datasets:
         for m in ctx.models_of(d):
             runs = ctx.res.runs_of(d, m)
-            capped = []
-            for r in runs:
-                t, cap = train_info(r), params(r).get("epochs")
-                if t.get("epochs") and cap and t["epochs"] >= cap and \
-                        t.get("best_epoch") == t["epochs"] - 1:
-                    capped.append(r.seed)
-            if capped:
-                cap = params(runs[0]).get("epochs")
-                out.append(f"`{m}` was still improving on validation at its epoch cap "
-                           f"({cap} epoch{'s' if cap != 1 else ''}) in {len(capped)} of "
-                           f"{len(runs)} seed(s): its budget, not the model, may limit it.")
-    return out
+            hits = [r for r in runs if (t := train_info(r)).get("epochs")
+                    and (cap := params(r).get("epochs")) and t["epochs"] >= cap
+                    and t.get("best_epoch") == t["epochs"] - 1]
+            if hits:
+                cap = params(hits[0]).get("epochs")
+                capped.append(f"`{m}` (cap {cap} epoch{'s' if cap != 1 else ''}, "
+                              f"{len(hits)} of {len(runs)} seed(s))")
+    if not capped:
+        return []
+    return [("Best validation epoch = the last one allowed by the epoch cap: "
+             + ", ".join(capped) + ". The budget stopped these models at their best so far, so "
+             "it, not the model, may limit their accuracy (with a 1-epoch cap nothing shows "
+             "whether more training would help).")]
 
 
 def _config_caveats(ctx: Ctx) -> list[str]:

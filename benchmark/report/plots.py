@@ -139,14 +139,14 @@ def forest_plot(panels: list[tuple[str, list[tuple[str, float, float, float, boo
 
 
 def line_panels(panels: list[Panel], xlabel: str, ylabel: str, shared_legend: bool,
-                integer_x: bool = False) -> bytes:
+                integer_x: bool = False, cols: int = 3) -> bytes:
     """Small multiples of lines, points or steps (robustness, diagnostics, sweep histories)."""
     from matplotlib.ticker import MaxNLocator
 
     fallback = styles(list(dict.fromkeys(s.label for p in panels for s in p.series
                                          if s.kind != "reference")))
     with _style():
-        fig, axes = _grid(len(panels))
+        fig, axes = _grid(len(panels), cols=cols)
         for ax, panel in zip(axes, panels):
             for s in panel.series:
                 if s.kind == "reference":
@@ -168,7 +168,10 @@ def line_panels(panels: list[Panel], xlabel: str, ylabel: str, shared_legend: bo
             ax.set_ylabel(ylabel)
             if integer_x:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if not shared_legend:
+                xs = {x for s in panel.series for x in s.x}
+                if len(xs) == 1:  # one epoch: a unit-wide axis, not matplotlib's +-0.05
+                    ax.set_xlim(min(xs) - 1, min(xs) + 1)
+            if not shared_legend and panel.series:
                 ax.legend(fontsize="small")
         if shared_legend:
             _legend(fig, axes, len(fallback))
