@@ -474,7 +474,8 @@ def test_caveats_come_from_the_cards(tmp_path):
     card = next(b for s in doc.sections for b in s.blocks if getattr(b, "id", "") ==
                 "synthetic-vlm")
     fields = dict(card.fields)
-    assert fields["content: vlm.stand_in_note"] == "Random stand-in: says nothing."
+    assert fields["content: vlm"] == "stand_in=true, stand_in_note=Random stand-in: says nothing."
+    assert fields["content: text.encoder"] == "harness-clip (pre-trained by the harness)"
     assert "None" not in " ".join(fields.values()) and "{}" not in " ".join(fields.values())
 
 

@@ -793,18 +793,30 @@ def _sweeps(ctx: Ctx) -> Section:
 
 # -- provenance ----------------------------------------------------------------------------------
 
-def _flatten(obj: dict, prefix: str) -> list[tuple[str, str]]:
-    """Rows ``(path, value)`` of a nested card section; probes are a table of their own and
-    unset or empty values are left out."""
-    rows = []
+LONG_TEXT = 40  # a card value longer than this (a note, an encoder's description) gets a row
+
+
+def _has_long(obj: dict) -> bool:
+    return any((isinstance(v, str) and len(v) > LONG_TEXT) or
+               (isinstance(v, dict) and _has_long(v)) for k, v in obj.items() if k != "probes")
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Rows ``(path, value)`` of a nested card section: one row per section (each top-level
+    one, and deeper ones holding a long text) with its short values as ``k=v``, a row of its
+    own for each long text; probes are a table of their own, unset or empty values are left
+    out."""
+    rows, short = [], {}
     for k, v in sorted(obj.items()):
         if k == "probes" or empty(v):
             continue
-        if isinstance(v, dict):
+        if isinstance(v, dict) and (not prefix or _has_long(v)):  # a row per top section
             rows += _flatten(v, f"{prefix}{k}.")
+        elif isinstance(v, str) and len(v) > LONG_TEXT:
+            rows.append((f"{prefix}{k}", v))
         else:
-            rows.append((f"{prefix}{k}", num(v)))
-    return rows
+            short[k] = v
+    return ([(prefix.rstrip("."), kv(short))] if short else []) + rows
 
 
 def _probe_tables(content: dict, table_id: str) -> list[Table]:
@@ -886,7 +898,7 @@ def _card(ctx: Ctx, d: str, m: str) -> Card:
     if p.get("tuning"):
         fields.append(("tuning", kv(p["tuning"])))
     content = p.get("content") or {}
-    fields += [(f"content: {k}", v) for k, v in _flatten(content, "")] or \
+    fields += [(f"content: {k}" if k else "content", v) for k, v in _flatten(content)] or \
         [("content", "none (the model reads no content features)")]
     if size:
         fields.append(("model size", (f"{_count(size.get('total'))} parameters, "
