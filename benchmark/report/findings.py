@@ -238,10 +238,10 @@ def _config_caveats(ctx: Ctx) -> list[str]:
     for d in res.datasets:
         for m in ctx.models_of(d):
             use = group_use(res, res.runs_of(d, m))
-            (tuned if use.tuned else default).append(f"{m} ({use.label})")
+            (tuned if use.tuned else default).append(f"`{m}` ({use.label})")
     text = (f"A sweep exists (`{res.sweep_path}`). The tables use the sweep's best validation "
-            f"configuration for: {ticks(tuned) or 'no model'}; the default configuration for: "
-            f"{ticks(default) or 'no model'}.")
+            f"configuration for: {', '.join(tuned) or 'no model'}; the default configuration "
+            f"for: {', '.join(default) or 'no model'}.")
     if any("sweep best not used" in x for x in default):
         text += (f" Re-run with the swept configurations: `bench run --suite {res.name} "
                  "--tuned`.")
