@@ -123,6 +123,18 @@ def test_bad_input_is_refused():
         collapse_verdict({"audio": {}})
 
 
+def test_cli_refuses_a_bad_alpha_before_any_work(tmp_path, capsys):
+    from benchmark.cli import main
+
+    results = tmp_path / "results"
+    assert main(["diagnose", "accuracy", "--alpha", "1.5", "--models", "sasrec",
+                 "--results-dir", str(results), "--data-dir", str(tmp_path / "data"),
+                 "--no-tracking", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "alpha must be in (0, 1)" in err and len(err.splitlines()) == 1
+    assert not results.exists()  # nothing trained or written
+
+
 # -- planted collapse -------------------------------------------------------------------------
 
 #: written before any planted model was trained with this rule: what the verdict must say
