@@ -350,12 +350,17 @@ def cmd_diagnose(args) -> int:
     if args.target:
         args.suite = args.target
     suite = _suite_from_args(args)
-    out = run_diagnostics(suite, _options(args), threshold=args.threshold)
+    out = run_diagnostics(suite, _options(args), alpha=args.alpha,
+                          tables=not args.verdicts_only)
     print(f"\ndiagnostics {suite.name}: {out['path']}")
     for plot in out["plots"]:
         print(f"  plot: {plot}")
+    for e in out["verdicts"]:  # the verdict over seeds; per-seed ones are in the file
+        print(f"  {e['dataset']}/{e['model']} (seeds {','.join(map(str, e['seeds']))}): "
+              f"[{e['status']}] {e['verdict']}")
     for e in out["models"]:
-        print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: [{e['status']}] {e['verdict']}")
+        if e["verdict"].startswith("not diagnosed"):
+            print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: {e['verdict']}")
     return 0
 
 
@@ -441,9 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "health and a collapse verdict per model; writes diagnostics.json")
     dg.add_argument("target", nargs="?", help="suite name or YAML path (same as --suite)")
     _suite_arguments(dg)
-    dg.add_argument("--threshold", type=float, default=0.10,
-                    help="a modality contributing under this share of the accuracy is "
-                         "collapsed (default: 0.10)")
+    dg.add_argument("--alpha", type=float, default=0.05,
+                    help="level of the paired tests over users (Holm over the two "
+                         "modalities) behind each verdict (default: 0.05)")
+    dg.add_argument("--verdicts-only", action="store_true",
+                    help="only the dropout test and the verdicts: skip the table measures "
+                         "(CKA, effective rank, probes), which reload every run")
     dg.set_defaults(func=cmd_diagnose)
 
     ls = sub.add_parser("list", help="list models, datasets or suites")
