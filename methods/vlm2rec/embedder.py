@@ -21,6 +21,7 @@ spinning made them ~15x slower with 2 threads while other processes were running
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
@@ -314,6 +315,9 @@ class VLMEmbedder(nn.Module):
         image_cache_mb: budget of the per-image vision-output cache (on the model's device).
         bucket_overhead_tokens: prompts are grouped into forward passes by length; one more
             pass is taken when it saves more than this many padding tokens.
+        random_weights: build the backbone from ``model``'s config with random weights (seeded
+            by the torch RNG; throughput checks at a real model's shape, nothing downloaded),
+            on ``init_device``.
 
     The module starts in eval mode; call ``.train()`` for LoRA training (dropout, gradient
     checkpointing). No gradient context is imposed: wrap inference in ``torch.no_grad()``.
@@ -332,6 +336,8 @@ class VLMEmbedder(nn.Module):
         trust_remote_code: bool = False,
         image_cache_mb: float = 1024.0,
         bucket_overhead_tokens: int = 128,
+        random_weights: bool = False,
+        init_device: str = "cpu",
     ):
         super().__init__()
         from transformers import (
@@ -359,9 +365,13 @@ class VLMEmbedder(nn.Module):
             raise ValueError(
                 f"unsupported VLM family {config.model_type!r}; supported: {sorted(_FAMILIES)}"
             )
-        hf = AutoModelForImageTextToText.from_pretrained(
-            model, config=config, dtype=_DTYPES[dtype], **remote
-        )
+        if random_weights:
+            with torch.device(init_device):
+                hf = AutoModelForImageTextToText.from_config(config, dtype=_DTYPES[dtype])
+        else:
+            hf = AutoModelForImageTextToText.from_pretrained(
+                model, config=config, dtype=_DTYPES[dtype], **remote
+            )
         tokenizer = AutoTokenizer.from_pretrained(model, **remote)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -395,6 +405,13 @@ class VLMEmbedder(nn.Module):
             with warnings.catch_warnings():  # peft calls a transformers name deprecated in v5
                 warnings.simplefilter("ignore", FutureWarning)
                 self._peft = get_peft_model(hf, lora_cfg)
+        # half-precision weights run under autocast (``_forward``), LoRA weights stay float32:
+        # peft's cast of every LoRA input to float32 would only be cast back by autocast
+        self._autocast = _DTYPES[dtype] if _DTYPES[dtype] != torch.float32 else None
+        if self._peft is not None and self._autocast is not None:
+            for module in self._peft.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
         self.backbone = self._peft if self._peft is not None else hf
         # the multimodal trunk without the LM head (LoRA layers are injected in place)
         self.__dict__["_core"] = hf.model
@@ -624,7 +641,9 @@ class VLMEmbedder(nn.Module):
         inputs = self.family.model_inputs(torch.from_numpy(ids), torch.from_numpy(valid),
                                           payloads)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        out = self._core(**inputs, use_cache=False, return_dict=True)
+        with (torch.autocast(device.type, dtype=self._autocast) if self._autocast is not None
+              else contextlib.nullcontext()):
+            out = self._core(**inputs, use_cache=False, return_dict=True)
         ends = torch.tensor([len(r) - 1 for r in rows], device=device)
         last = out.last_hidden_state[torch.arange(n, device=device), ends].float()
         if not bool(torch.isfinite(last).all()):  # e.g. an attention kernel in half precision
