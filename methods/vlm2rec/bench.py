@@ -214,7 +214,7 @@ def run(family: str = "qwen2-vl", size: str = "2b", device: str = "cuda",
         users = _timed(run_users, device)
         user_tokens, user_padded = sum(rec.lengths), rec.padded
     emit("encoding", {
-        "batch": encode_batch, "items_per_s_cold": n_items / cold[0],
+        "batch": encode_batch, "includes_compilation": compile_layers, "items_per_s_cold": n_items / cold[0],
         "items_per_s": n_items / warm[0], "users_per_s": n_items / users[0],
         "items_per_cpu_s": n_items / warm[1], "users_per_cpu_s": n_items / users[1],
         "lm_tokens_per_item": item_tokens / n_items, "lm_tokens_per_user": user_tokens / n_items,
