@@ -161,9 +161,14 @@ def _print_plan(suite, opts) -> int:
           f"resume {opts.resume}")
     for model in suite.models:
         spec = suite.spec(model)
-        params = spec.resolve(suite.preset, suite.model_overrides(model))
         name = model if spec.name == model else f"{model} ({spec.name})"
-        print(f"model {name}: {json.dumps(params, sort_keys=True)}")
+        tuned = {label: s for (label, m), s in (opts.tuned or {}).items() if m == model}
+        for label, study in tuned.items() or [(None, None)]:
+            best = study["best_params"] if study else {}
+            params = spec.resolve(suite.preset, {**suite.model_overrides(model), **best})
+            where = (f" [tuned on {label}: sweep trial {study.get('best_trial')}]"
+                     if study else "")
+            print(f"model {name}{where}: {json.dumps(params, sort_keys=True)}")
     return 0
 
 
@@ -172,6 +177,10 @@ def cmd_run(args) -> int:
 
     suite = _suite_from_args(args)
     opts = _options(args, resume=args.resume)
+    if args.tuned:
+        from .sweep import tuned_studies
+
+        opts.tuned = tuned_studies(suite, opts)
     if args.dry_run:
         return _print_plan(suite, opts)
     rows = run_suite(suite, opts)
@@ -341,12 +350,17 @@ def cmd_diagnose(args) -> int:
     if args.target:
         args.suite = args.target
     suite = _suite_from_args(args)
-    out = run_diagnostics(suite, _options(args), threshold=args.threshold)
+    out = run_diagnostics(suite, _options(args), alpha=args.alpha,
+                          tables=not args.verdicts_only)
     print(f"\ndiagnostics {suite.name}: {out['path']}")
     for plot in out["plots"]:
         print(f"  plot: {plot}")
+    for e in out["verdicts"]:  # the verdict over seeds; per-seed ones are in the file
+        print(f"  {e['dataset']}/{e['model']} (seeds {','.join(map(str, e['seeds']))}): "
+              f"[{e['status']}] {e['verdict']}")
     for e in out["models"]:
-        print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: [{e['status']}] {e['verdict']}")
+        if e["verdict"].startswith("not diagnosed"):
+            print(f"  {e['dataset']}/{e['model']}/seed-{e['seed']}: {e['verdict']}")
     return 0
 
 
@@ -387,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip completed runs and continue killed ones from their checkpoint")
     r.add_argument("--dry-run", action="store_true",
                    help="check every option and parameter, print the resolved plan, run nothing")
+    r.add_argument("--tuned", action="store_true",
+                   help="use each model's best validation configuration from the suite's sweep "
+                        "(RESULTS/SUITE-sweep/sweep.json; run `bench sweep` first)")
     r.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="tune every model of a suite with Optuna on validation, "
@@ -429,9 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "health and a collapse verdict per model; writes diagnostics.json")
     dg.add_argument("target", nargs="?", help="suite name or YAML path (same as --suite)")
     _suite_arguments(dg)
-    dg.add_argument("--threshold", type=float, default=0.10,
-                    help="a modality contributing under this share of the accuracy is "
-                         "collapsed (default: 0.10)")
+    dg.add_argument("--alpha", type=float, default=0.05,
+                    help="level of the paired tests over users (Holm over the two "
+                         "modalities) behind each verdict (default: 0.05)")
+    dg.add_argument("--verdicts-only", action="store_true",
+                    help="only the dropout test and the verdicts: skip the table measures "
+                         "(CKA, effective rank, probes), which reload every run")
     dg.set_defaults(func=cmd_diagnose)
 
     ls = sub.add_parser("list", help="list models, datasets or suites")

@@ -257,12 +257,8 @@ class Evaluator:
     def _add_groups(self, res: EvalResult, cases: Cases) -> None:
         """Metrics per label of the target (e.g. the synthetic signal) and warm vs cold targets;
         groups of cold targets use the cold-start ranks (``res.group_protocols``)."""
-        targets = np.array([self.split.sequences[u][p] for u, p in zip(cases.user, cases.pos)])
-        labels = {"target": np.where(self._train_counts[targets] == 0, "cold", "warm")}
-        for name, values in self.case_labels.items():
-            labels[name] = np.asarray(values, dtype=object)[cases.row]
-
-        def add(group: str, mask: np.ndarray) -> None:
+        for group, mask in case_groups(self.split, self._train_counts, self.case_labels,
+                                       cases).items():
             if group.endswith("target=cold"):
                 ranks, ties = res.cold_ranks[mask], res.cold_ties[mask]
                 res.group_protocols[group] = COLD_PROTOCOL + (
@@ -272,15 +268,30 @@ class Evaluator:
             res.groups[group] = mean_metrics(ranks, self.ks, ties)
             res.group_sizes[group] = int(mask.sum())
 
-        for name, vals in labels.items():
-            for v in sorted(set(vals.tolist())):
-                add(f"{name}={v}", vals == v)
-        if "signal" in labels:  # signal x warm/cold: the cells the controlled dataset is built for
-            for s in sorted(set(labels["signal"].tolist())):
-                for t in ("warm", "cold"):
-                    mask = (labels["signal"] == s) & (labels["target"] == t)
-                    if mask.any():
-                        add(f"signal={s},target={t}", mask)
+
+def case_groups(split: Split, train_counts: np.ndarray, case_labels: dict[str, np.ndarray],
+                cases: Cases) -> dict[str, np.ndarray]:
+    """group -> boolean mask over ``cases``: ``target=warm|cold``, ``<label>=<value>`` per case
+    label, and ``signal=X,target=warm|cold`` when there is a ``signal`` label. A group ending in
+    ``target=cold`` is scored on the cold-start ranks (:data:`COLD_PROTOCOL`). ``train_counts``:
+    training interactions per item (:meth:`Split.train_item_counts`). Shared by the evaluator
+    and by anything that re-reads stored per-case ranks (the modality verdicts)."""
+    targets = np.array([split.sequences[u][p] for u, p in zip(cases.user, cases.pos)],
+                       dtype=np.int64)
+    labels = {"target": np.where(train_counts[targets] == 0, "cold", "warm")}
+    for name, values in case_labels.items():
+        labels[name] = np.asarray(values, dtype=object)[cases.row]
+    out: dict[str, np.ndarray] = {}
+    for name, vals in labels.items():
+        for v in sorted(set(vals.tolist())):
+            out[f"{name}={v}"] = vals == v
+    if "signal" in labels:  # signal x warm/cold: the cells the controlled dataset is built for
+        for s in sorted(set(labels["signal"].tolist())):
+            for t in ("warm", "cold"):
+                mask = (labels["signal"] == s) & (labels["target"] == t)
+                if mask.any():
+                    out[f"signal={s},target={t}"] = mask
+    return out
 
 
 def rank_full(scores, targets, seq, lens, among=None) -> tuple[np.ndarray, np.ndarray]:

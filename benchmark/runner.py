@@ -36,6 +36,8 @@ class Options:
     cache_dir: Path | None = None  # embedding cache (default: $BENCH_CACHE_DIR or <data>/.cache)
     perturbation: dict | None = None  # content perturbation for training and evaluation
     # (train-time robustness, :mod:`benchmark.robustness`; a spec of benchmark.encoders.inputs)
+    tuned: dict | None = None  # (dataset label, model) -> sweep study whose best configuration
+    # the run uses (``bench run --tuned``, :func:`benchmark.sweep.tuned_studies`)
 
 
 @dataclass
@@ -72,7 +74,8 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
             tracker, parent_run: str | None, env_card: dict) -> dict:
     from . import lifecycle
 
-    spec, params = lifecycle.resolve(suite, model_name)
+    study = (opts.tuned or {}).get((prep.entry.label, model_name))
+    spec, params = lifecycle.resolve(suite, model_name, study["best_params"] if study else None)
     ev = suite.evaluation
     run_dir = lifecycle.run_folder(opts.results_dir, suite.name, prep.entry.label, model_name,
                                    seed)
@@ -143,6 +146,9 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                "wall_seconds": wall, "run_dir": str(run_dir), "mlflow_run_id": run_id,
                "best_epoch": train_info.get("best_epoch"), "epochs": train_info.get("epochs")}
         content = handle.content_card()
+        size = {"total": sum(p.numel() for p in handle.model.parameters()),
+                "trainable": sum(p.numel() for p in handle.model.parameters()
+                                 if p.requires_grad)}
         if handle.features:  # what the content features carry: linear probes, warm -> cold items
             from .encoders.probes import probe_features
 
@@ -154,7 +160,11 @@ def run_one(suite: Suite, prep: Prepared, model_name: str, seed: int, opts: Opti
                                         "coverage": prep.data.manifest.get("coverage"),
                                         "findings": prep.data.manifest.get("findings")},
                 "split": prep.split.summary(), "config_hash": config_hash, "config": identity,
-                "content": content,
+                "content": content, "parameters": size,
+                **({"tuning": {"sweep": study["sweep"], "study": study["name"],
+                               "best_trial": study.get("best_trial"),
+                               "best_value": study.get("best_value"),
+                               "params": study["best_params"]}} if study else {}),
                 "seed": seed, "wall_seconds": wall, "mlflow_run_id": run_id,
                 "tracking_uri": tracker.uri}
         atomic_write_json(result_path, {"config_hash": config_hash, "row": row,
@@ -216,6 +226,10 @@ def run_suite(suite: Suite, opts: Options) -> list[dict]:
     try:
         for entry in suite.datasets:
             prep = prepare_dataset(entry, suite, opts)
+            if opts.tuned is not None:  # the sweep must have tuned on this data and split
+                from .sweep import check_tuned
+
+                check_tuned(suite, prep, opts.tuned)
             atomic_write_json(suite_dir / "splits" / f"{entry.label}.json",
                               {**prep.split.summary(), "dataset_hash": prep.data.content_hash})
             for model in suite.models:

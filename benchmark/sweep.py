@@ -616,6 +616,48 @@ def _write_trials_csv(storage: RDBStorage, refs: list[StudyRef], path: Path) -> 
     atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
 
 
+def tuned_studies(suite: Suite, opts: Options) -> dict[tuple[str, str], dict]:
+    """``bench run --tuned``: the sweep study of every (dataset, model) of the suite that has a
+    search space, from ``<results>/<suite>-sweep/sweep.json``; a model without a search space
+    keeps its defaults (nothing to tune). A missing sweep or best configuration is a
+    ConfigError, raised before any work."""
+    path = sweep_dir(suite, opts) / "sweep.json"
+    if not path.is_file():
+        raise ConfigError(f"--tuned: no sweep of suite {suite.name!r} ({path} not found): run "
+                          f"`bench sweep --suite {suite.name}` first")
+    studies = {(s.get("dataset"), s.get("model")): s for s in read_json(path).get("studies", [])}
+    out, missing = {}, []
+    for entry in suite.datasets:
+        for model in suite.models:
+            if not suite.spec(model).search_space:
+                continue
+            study = studies.get((entry.label, model))
+            if study is None or not study.get("best_params"):
+                missing.append(f"{model} on {entry.label}"
+                               + (" (no complete trial)" if study else ""))
+            else:
+                out[(entry.label, model)] = {**study, "sweep": str(path)}
+    if missing:
+        raise ConfigError(f"--tuned: {path} has no best configuration for "
+                          f"{', '.join(missing)}: sweep them first (`bench sweep --suite "
+                          f"{suite.name} --models ...`)")
+    return out
+
+
+def check_tuned(suite: Suite, prep: Prepared, tuned: dict[tuple[str, str], dict]) -> None:
+    """The sweep's studies for this dataset must be the ones this run would have swept (same
+    data, split, evaluation, trial seed and fixed parameters: the study name encodes them)."""
+    for (label, model), study in tuned.items():
+        if label != prep.entry.label:
+            continue
+        expected = study_name(suite, prep, model)
+        if study.get("name") != expected:
+            raise ConfigError(f"--tuned: the sweep's study {study.get('name')!r} of {model} on "
+                              f"{label} was run with other data, split, first seed or fixed "
+                              f"parameters than this run (its study would be {expected!r}): "
+                              "sweep again with this run's options")
+
+
 def final_runs(suite: Suite, opts: Options, preps: list[Prepared],
                best: dict[tuple[str, str], dict], tracker, parent: str | None) -> list[dict]:
     """Each model's best configuration with every seed of the suite, through the normal runner

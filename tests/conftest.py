@@ -39,13 +39,18 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _tiny_corpus_clip(monkeypatch):
+def _tiny_corpus_clip(request, monkeypatch):
     """Tests never pay for the default corpus pre-training of ``harness-clip`` (tens of seconds
     per fresh cache): a tiny recipe of the same kind stands in. ``tests/test_encoders.py``
-    checks the corpus recipe itself."""
+    checks the corpus recipe itself. A test marked ``corpus_clip`` keeps the default recipe
+    (the tiny one's features carry too little colour, shape, brand or product for a content
+    model to rank cold items)."""
     from dataclasses import replace
 
     from benchmark.encoders import harness_clip
+
+    if request.node.get_closest_marker("corpus_clip"):
+        return
 
     monkeypatch.setattr(harness_clip, "CORPUS_RECIPE", replace(
         harness_clip.CORPUS_RECIPE, width=32, heads=2, steps=12, batch_size=32,

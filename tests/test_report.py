@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import time
@@ -100,7 +101,8 @@ def write_fake_results(root: Path, suite: str = "fake",
         (suite_dir / "diagnostics.json").write_text(json.dumps({"step": "epoch", "models": {
             m: {"dataset": datasets[0], "status": "pass" if i else "fail",
                 "verdict": "uses both modalities" if i else "collapsed onto text",
-                "metrics": {"image_share": 0.1 + 0.1 * i},
+                "metrics": {"image_contribution": 0.1 * i - 0.05, "text_contribution": 0.2,
+                            "cka_image_text": 0.5},
                 "series": {"grad_norm_image": [1.0, 0.5, 0.2], "grad_norm_text": [1.0, 1.1, 1.2]},
                 "training": {"step": [0, 1, 2, 3], "p_text": [0.1, 0.2, 0.3, 0.4],
                              "p_image": [0.1, 0.1, 0.2, 0.2],
@@ -223,25 +225,37 @@ def test_report_is_fast_and_byte_identical_when_rerendered(suite6, tmp_path):
         assert (report / rel).read_bytes() == (tmp_path / "six" / rel).read_bytes(), rel
 
 
+TABLES = ("main-synthetic", "valid-test-synthetic", "significance-reference",
+          "pairwise-synthetic", "signals-synthetic", "robustness-synthetic-missing-image",
+          "diagnostics", "cost-synthetic", "sweeps")
+FIGURES = ("main", "significance", "pairwise", "signals", "robustness", "diagnostics",
+           "diagnostics-training", "training", "sweeps")
+
+
 def test_report_sections(suite6):
     _, report, _ = suite6
     page = (report / "report.html").read_text()
-    for table in ("main-synthetic", "significance", "signals-synthetic",
-                  "robustness-synthetic-missing-image", "diagnostics", "sweeps"):
-        assert f'<table id="{table}">' in page, table
-    for figure in ("main", "significance", "signals-synthetic", "robustness", "diagnostics",
-                   "diagnostics-training", "training", "sweeps"):
+    for table in TABLES:
+        assert f'<table id="tab-{table}">' in page, table
+    for figure in FIGURES:
         assert f'<figure id="fig-{figure}"><img' in page, figure
+    ids = re.findall(r' id="([^"]*)"', page)
+    assert len(ids) == len(set(ids)) and all(re.fullmatch(r"[a-z][a-z0-9-]*", i) for i in ids)
+    assert page.index('id="findings"') < page.index('id="caveats"') < page.index('id="main"')
     assert "Not run for this suite" not in page
-    assert page.count("<details>") == 18  # one provenance card per result
+    # one card per model, as a table, its raw JSON folded; one fold of diagnostics entries
+    assert page.count('<div class="card"') == 6 and page.count("<details>") == 7
+    assert page.count("Raw provenance (JSON)") == 6
     assert "http://" not in page and "https://" not in page and "<script" not in page
     md = (report / "report.md").read_text()
-    assert "**0." in md and "(figures/significance.png)" in md and md.count("<details>") == 18
+    assert "**0." in md and "(figures/significance.png)" in md and md.count("<details>") == 7
+    json_lines = md.split("```json")[1:]
+    assert all(part.index("```") < part.index("</details>") for part in json_lines)  # folded
     tex = (report / "tables.tex").read_text()
-    assert tex.count("\\toprule") == 7 and "\\textbf{" in tex and "$\\pm$" in tex
+    assert "\\resizebox" not in tex and "\\textbf{" in tex and "$\\pm$" in tex
+    assert "\\label{tab:main-synthetic-1}" in tex and "(part 2 of" in tex  # split, not scaled
     assert (report / "figures" / "robustness.png").read_bytes()[:4] == b"\x89PNG"
-
-    assert '<table id="provenance">' in page and "\\label{tab:provenance}" not in tex
+    assert '<table id="tab-provenance">' in page and "\\label{tab:provenance}" not in tex
 
 
 def test_report_tables_bold_best_and_verdicts(tmp_path):
@@ -251,14 +265,25 @@ def test_report_tables_bold_best_and_verdicts(tmp_path):
     main_rows = {r[0].text: r for r in tables["main-synthetic"].rows}
     assert all(c.bold for c in main_rows["good"][2:])  # the far better model is best everywhere
     assert not any(c.bold for c in main_rows["sasrec"][2:])
-    sig_rows = {r[1].text: r for r in tables["significance"].rows}
+    sig_rows = {r[0].text: r for r in tables["significance-reference"].rows}
     assert set(sig_rows) == {"mostpop", "good", "twin"}  # the reference: the first model
-    assert sig_rows["good"][-1].text == "better (significant)"
+    assert sig_rows["good"][-1].text == "higher than sasrec (significant)"
     assert sig_rows["twin"][-1].text == "no significant difference"
     assert sig_rows["twin"][5].text.startswith("+0.0000 [+0.0000, +0.0000]")
     signal_rows = {r[0].text: r for r in tables["signals-synthetic"].rows}
     assert tables["signals-synthetic"].header[1].startswith("visual warm (n=")
     assert all(c.bold for c in signal_rows["good"][1:])
+    # the matrix reads row - column: good's row is positive and bold, its column negative
+    matrix = {r[0].text: r for r in tables["pairwise-synthetic"].rows}
+    header = tables["pairwise-synthetic"].header
+    good_vs_sasrec = matrix["good"][header.index("sasrec")]
+    assert good_vs_sasrec.text.startswith("+") and good_vs_sasrec.bold
+    assert matrix["sasrec"][header.index("good")].text.startswith("-")
+    assert matrix["good"][header.index("good")].text == "—"
+    valid_test = {r[0].text: r for r in tables["valid-test-synthetic"].rows}
+    assert [c.text for c in valid_test["good"][4:]] == [
+        f"{r.row['test']['ndcg@10']:.4f}" for r in load_results(suite_dir).runs_of(
+            "synthetic", "good")]  # one test value per seed, in seed order
 
 
 def test_missing_optional_inputs_say_how_to_produce_them(tmp_path):
@@ -289,8 +314,14 @@ def test_sweep_trials_from_csv_as_bench_sweep_writes_them(tmp_path):
     row = next(t for t in doc.tables() if t.label == "sweeps").rows[0]
     assert [c.text for c in row] == ["sasrec", "synthetic", "valid ndcg@10", "3", "2", "0.3000",
                                      "hidden_size=64, learning_rate=0.001235",
-                                     "learning_rate 0.80, hidden_size 0.20"]
+                                     "learning_rate 0.80, hidden_size 0.20", "no: defaults"]
     assert any(f.name == "sweeps" for f in doc.figures())
+    # the rows say which configuration they used, and the caveats how to use the sweep's
+    table = next(t for t in doc.tables() if t.label == "valid-test-synthetic")
+    assert table.rows[0][1].text == "default (sweep best not used)"
+    caveats = " ".join(b for s in doc.sections if s.id == "caveats" for note in s.blocks
+                       for bullets in note.blocks for b in bullets.items)
+    assert "`bench run --suite fake --tuned`" in caveats
 
 
 def test_cli_report_and_user_errors(tmp_path, capsys):
@@ -303,8 +334,8 @@ def test_cli_report_and_user_errors(tmp_path, capsys):
     page = (out / "fake" / "report.html").read_text()
     assert "Reference model: <code>good</code>; significance metric: HR@10" in page
     assert f"--results-dir {tmp_path / 'r'}" in page  # the command that regenerates it
-    assert "Holm correction across all 2 comparisons" in page
-    assert '<table id="main-beauty">' in page and '<table id="signals-beauty">' in page
+    assert "Holm correction across all 2 pairwise comparisons" in page
+    assert '<table id="tab-main-beauty">' in page and '<table id="tab-signals-beauty">' in page
     for argv, message in ((["nosuch"], "no results for 'nosuch'"),
                           (["fake", "--metric", "auc"], "unknown metric 'auc'"),
                           (["fake", "--metric", "ndcg@50"], "not in the stored results"),
@@ -343,9 +374,9 @@ def test_html_renders_in_headless_chromium(suite6, tmp_path):
     found = json.loads(dom.split('<div id="probe">')[1].split("</div>")[0]
                        .replace("&quot;", '"'))
     tables = dict(t.rsplit(":", 1) for t in found["tables"])
-    for table in ("main-synthetic", "significance", "signals-synthetic", "diagnostics", "sweeps"):
-        assert int(tables[table]) > 1, table
-    assert len(found["images"]) == 8 and min(found["images"]) > 100
+    for table in TABLES:
+        assert int(tables[f"tab-{table}"]) > 1, table
+    assert len(found["images"]) == len(FIGURES) and min(found["images"]) > 100
 
 
 def test_world_check_section_states_each_expectation(tmp_path):
@@ -365,3 +396,257 @@ def test_world_check_section_states_each_expectation(tmp_path):
     assert [r[0].text for r in table.rows] == [e["id"] for e in check["expectations"]]
     for row, e in zip(table.rows, check["expectations"]):
         assert row[2].text == e["status"].upper() and row[2].bold == (e["status"] == "fail")
+
+
+# -- findings, caveats, diagnostics, LaTeX -------------------------------------------------------
+
+def _bullets(doc, section: str) -> list[str]:
+    from benchmark.report.document import Bullets, Note
+
+    blocks = next(s for s in doc.sections if s.id == section).blocks
+    blocks = [x for b in blocks for x in (b.blocks if isinstance(b, Note) else [b])]
+    return [item for b in blocks if isinstance(b, Bullets) for item in b.items]
+
+
+def test_findings_recompute_a_claim_from_the_per_user_values(tmp_path):
+    """The reference's "significantly lower than `good`" claim: Δ and the Holm p recomputed
+    here from the stored ranks, with the tests applied pair by pair and Holm over all pairs."""
+    models = ("sasrec", "mostpop", "good", "twin")
+    suite_dir = write_fake_results(tmp_path, models=models, extras=False)
+    res = load_results(suite_dir)
+    doc = build_document(res, ReportOptions(n_resamples=2000))
+    found = _bullets(doc, "findings")
+    vectors = {m: seed_averaged(res.runs_of("synthetic", m), "ndcg@10")[1] for m in models}
+    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+    p_t = [stats.ttest_rel(vectors[a], vectors[b]).pvalue if not np.all(vectors[a] == vectors[b])
+           else 1.0 for a, b in pairs]
+    p_perm = [sig.permutation_test(vectors[a], vectors[b], 2000) for a, b in pairs]
+    holm_t, holm_perm = sig.holm(p_t), sig.holm(p_perm)
+    k = pairs.index(("sasrec", "good"))
+    diff = float(np.mean(vectors["sasrec"] - vectors["good"]))
+    p_holm = max(holm_t[k], holm_perm[k])
+    assert diff < 0 and p_holm <= 0.05
+    lower = next(b for b in found if b.startswith("`sasrec` (the reference) is significantly "
+                                                    "lower than:"))
+    claim = re.search(r"`good` \(Δ = ([+-]\d\.\d{4}) \[95% CI [^\]]*\], d_z [^,]*, Holm p "
+                      r"([^)]*)\)", lower)
+    assert claim, lower
+    assert float(claim.group(1)) == pytest.approx(diff, abs=5e-5)
+    assert float(claim.group(2)) == pytest.approx(p_holm, rel=1e-3)
+    same = next(b for b in found if "shows no significant difference" in b)
+    assert "`twin` (Δ = +0.0000" in same
+    # the strongest floor (mostpop, a registry floor): only `good` is significantly above it
+    floor = next(b for b in found if b.startswith("Against the strongest floor"))
+    assert "1 of 3 trained models score significantly higher (`good`)" in floor
+    top = next(b for b in found if b.startswith("Highest mean test NDCG@10"))
+    assert top.startswith("Highest mean test NDCG@10: `good`")
+
+
+def test_findings_say_when_no_trained_model_beats_the_floor(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop"), extras=False)
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=500))
+    floor = next(b for b in _bullets(doc, "findings") if "strongest floor" in b)
+    assert "no trained model scores significantly higher than `mostpop`" in floor
+    assert "Modality use was not diagnosed" in " ".join(_bullets(doc, "findings"))
+
+
+def test_caveats_come_from_the_cards(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "vlm"), seeds=(0,), extras=False)
+    path = suite_dir / "runs" / "synthetic" / "vlm" / "seed-0" / "result.json"
+    result = json.loads(path.read_text())
+    result["provenance"]["content"] = {
+        "text": {"encoder": "harness-clip (pre-trained by the harness)", "missing_items": 0},
+        "vlm": {"stand_in": True, "stand_in_note": "Random stand-in: says nothing."},
+        "stage": {"vlm": {"stand_in": True, "stand_in_kind": "random"}}}
+    result["provenance"]["config"]["params"]["epochs"] = 5  # best epoch 4 of 5: at the cap
+    path.write_text(json.dumps(result))
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
+    caveats = _bullets(doc, "caveats")
+    assert "Stand-in backbone for `vlm`: Random stand-in: says nothing." in caveats
+    assert sum("Stand-in" in c for c in caveats) == 1  # the stage's copy is not a second one
+    assert any(c.startswith('Content encoder "harness-clip (pre-trained by the harness)" feeds '
+                            "`vlm` (text)") for c in caveats)
+    assert any(c.startswith("Best validation epoch = the last one allowed by the epoch cap: "
+                            "`vlm` (cap 5 epochs, 1 of 1 seed(s))") for c in caveats)
+    assert any("no sweep was found" in c for c in caveats)
+    assert any(c.startswith("Only 1 seed(s)") for c in caveats)
+    # the card shows the content section as rows; JSON only in the fold
+    card = next(b for s in doc.sections for b in s.blocks if getattr(b, "id", "") ==
+                "synthetic-vlm")
+    fields = dict(card.fields)
+    assert fields["content: vlm"] == "stand_in=true, stand_in_note=Random stand-in: says nothing."
+    assert fields["content: text.encoder"] == "harness-clip (pre-trained by the harness)"
+    assert "None" not in " ".join(fields.values()) and "{}" not in " ".join(fields.values())
+
+
+def test_diagnostics_with_signed_contributions_and_cis_drop_in(tmp_path):
+    """A per-model diagnostics.json with outcomes and contributions (value, CI, p): one row per
+    model, the contributions chart, and the collapse named in the findings."""
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop", "vlm"), extras=False)
+    (suite_dir / "diagnostics.json").write_text(json.dumps({
+        "definitions": {"contribution": "clean NDCG@10 minus NDCG@10 without the modality"},
+        "models": [
+            {"model": "vlm", "dataset": "synthetic", "outcome": "collapsed onto text",
+             "verdict": "collapsed onto text: removing images changes nothing",
+             "status": "fail",
+             "contributions": {"image": {"value": -0.002, "ci": [-0.004, 0.001], "p": 0.2},
+                               "text": {"mean": 0.012, "ci_low": 0.008, "ci_high": 0.016,
+                                        "p_holm": 0.001}}},
+            {"model": "sasrec", "dataset": "synthetic", "outcome": "content ignored",
+             "verdict": "content ignored", "contributions": {"image": 0.0, "text": 0.0}}]}))
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
+    table = next(t for t in doc.tables() if t.label == "diagnostics")
+    assert table.header == ["model", "dataset", "entries", "outcome",
+                            "image contribution [95% CI]", "image p",
+                            "text contribution [95% CI]", "text p"]
+    vlm = [c.text for c in table.rows[0]]
+    assert vlm == ["vlm", "synthetic", "1", "collapsed onto text", "-0.0020 [-0.0040, +0.0010]",
+                   "0.2000", "+0.0120 [+0.0080, +0.0160]", "0.0010"] and table.rows[0][3].bold
+    assert [c.text for c in table.rows[1][4:]] == ["+0.0000", "—", "+0.0000", "—"]
+    assert any(f.name == "diagnostics" for f in doc.figures())
+    collapse = next(b for b in _bullets(doc, "findings") if b.startswith("Collapse"))
+    assert collapse.startswith("Collapse onto one modality (`bench diagnose`): `vlm`.")
+    text = " ".join(b for s in doc.sections if s.id == "diagnostics"
+                    for bl in s.blocks if hasattr(bl, "items") for b in bl.items)
+    assert "contribution: clean NDCG@10 minus NDCG@10 without the modality" in text
+
+
+def test_training_panels_share_one_training_and_draw_chance():
+    from benchmark.report.build import _training_series_panels
+
+    series = {"step": [0, 1, 2], "p_text": [0.02, 0.05, 0.07], "p_image": [0.016, 0.02, 0.03],
+              "grad_text": [1.0, None, 0.5]}
+    entries = [{"model": m, "dataset": "synthetic", "seed": s, "verdict": "x",
+                "training": series} for m in ("vlm2rec", "vlm2rec_sasrec") for s in (0, 1)]
+    panels = _training_series_panels(entries, {("synthetic", "vlm2rec"): 1 / 64})
+    assert [p.title for p in panels] == [
+        "vlm2rec = vlm2rec_sasrec (synthetic), one shared training\nunimodal retrieval",
+        "vlm2rec = vlm2rec_sasrec (synthetic), one shared training\ngradient norm"]
+    chance = next(s for s in panels[0].series if s.kind == "reference")
+    assert chance.label == "chance" and chance.y == [1 / 64] * 3
+    assert [s.label for s in panels[1].series] == ["grad_text"]  # no chance for a norm
+    only_norms = [{"model": "internal", "verdict": "x",
+                   "training": {"step": [0, 1], "grad_text": [0.0, 0.0]}}]
+    panels = _training_series_panels(only_norms, {})
+    assert [p.title for p in panels] == ["internal\nunimodal retrieval: not recorded",
+                                         "internal\ngradient norm"]
+    assert _training_series_panels([{**only_norms[0], "training": {"step": [0]}}], {}) == []
+
+
+def test_latex_tables_are_split_or_long_never_scaled():
+    from benchmark.report.document import (
+        TEX_WIDTH_PT,
+        Cell,
+        Document,
+        Section,
+        Table,
+        latex_parts,
+        table_width_pt,
+        to_latex,
+    )
+
+    wide = Table("wide", "Wide", ["model", *(f"metric {i}" for i in range(12))],
+                 [[Cell("a-model")] + [Cell("0.0453 ± 0.0000")] * 12 for _ in range(3)])
+    long = Table("long", "Long", ["model", "value"],
+                 [[Cell(f"m{i}"), Cell("0.1")] for i in range(45)])
+    prose = Table("prose", "Prose", ["id", "claim"], [[Cell("x"), Cell("word " * 30)]])
+    tex = to_latex(Document("t", "", [Section("s", "S", [wide, long, prose])]))
+    parts = latex_parts(wide)
+    assert len(parts) >= 3 and all(p[0] == 0 for p in parts)  # the model column repeats
+    assert sorted({j for p in parts for j in p}) == list(range(13))
+    assert all(table_width_pt(wide, p) <= TEX_WIDTH_PT for p in parts)
+    assert tex.count("\\caption{Wide (part ") == len(parts)
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    assert "\\resizebox" not in tex and body.count("\\footnotesize") == len(parts) + 2
+    assert "\\begin{longtable}{@{}lr@{}}" in tex and "\\endhead" in tex
+    assert "\\begin{tabular}{@{}lp{" in tex  # a sentence column wraps
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed (Debian: "
+                    "apt-get install texlive-latex-base texlive-latex-recommended)")
+def test_tables_tex_compiles_without_overfull_boxes(suite6, tmp_path):
+    """tables.tex, and a long, a wide and a prose table, in a 10 pt article: it compiles, and
+    no table is wider than the text (LaTeX reports an overfull box for a line that does not
+    fit)."""
+    from benchmark.report.document import Cell, Document, Section, Table, to_latex
+
+    _, report, _ = suite6
+    long = Table("long", "Long", ["model", "value [95% CI]"],
+                 [[Cell(f"m{i}"), Cell("-0.0052 [-0.0086, -0.0020]")] for i in range(45)])
+    wide = Table("wide", "Wide", ["model", *(f"metric {i}" for i in range(12))],
+                 [[Cell("a-model")] + [Cell("0.0453 ± 0.0000")] * 12])
+    prose = Table("prose", "Prose", ["id", "claim"], [[Cell("x"), Cell("word " * 40)]])
+    (tmp_path / "extra.tex").write_text(to_latex(Document("t", "", [
+        Section("s", "S", [long, wide, prose])])))
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass[10pt]{article}\n\\usepackage[T1]{fontenc}\n"
+        "\\usepackage{booktabs,longtable}\n\\begin{document}\n"
+        f"\\input{{{report / 'tables.tex'}}}\n\\input{{extra.tex}}\n\\end{{document}}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-3000:]
+    assert "Overfull \\hbox" not in log
+
+
+@pytest.mark.parametrize("kind", ["section", "table"])
+def test_duplicate_ids_are_refused(kind):
+    from benchmark.report.document import Cell, Document, Section, Table, to_html
+
+    t = Table("main", "x", ["a"], [[Cell("1")]])
+    sections = ([Section("main", "A"), Section("main", "B")] if kind == "section"
+                else [Section("a", "A", [t]), Section("b", "B", [t])])
+    with pytest.raises(ValueError, match="duplicated"):
+        to_html(Document("t", "", sections))
+
+
+def test_run_tuned_uses_the_sweeps_best_configuration_and_the_report_says_so(
+        tiny_dataset, tmp_path, capsys):
+    """`bench run --tuned` runs each model with its study's best validation configuration
+    (checked against the study this run would have swept); the card and the report say so."""
+    from benchmark.cli import _suite_from_args, build_parser
+    from benchmark.runner import Options, prepare_dataset
+    from benchmark.sweep import study_name
+
+    results = tmp_path / "r"
+    argv = ["run", "--tuned", "--dataset", str(tiny_dataset), "--models", "mostpop,sasrec",
+            "--seeds", "0", "--epochs", "1", "--results-dir", str(results), "-q",
+            "--no-tracking"]
+    assert main(argv) == 2  # no sweep yet: one line, nothing run
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench: error: --tuned: no sweep of suite 'accuracy'")
+    assert len(err.splitlines()) == 1 and not (results / "accuracy").exists()
+
+    suite = _suite_from_args(build_parser().parse_args(argv))
+    name = study_name(suite, prepare_dataset(suite.datasets[0], suite, Options()), "sasrec")
+    best = {"hidden_size": 32, "learning_rate": 0.005, "n_layers": 2}
+    study = {"name": "accuracy.tiny.sasrec.0000000000", "dataset": "tiny", "model": "sasrec",
+             "best_trial": 3, "best_value": 0.1234, "best_params": best, "trials": []}
+    (results / "accuracy-sweep").mkdir(parents=True)
+    sweep_file = results / "accuracy-sweep" / "sweep.json"
+    sweep_file.write_text(json.dumps({"studies": [study], "untuned": ["mostpop"]}))
+    assert main(argv) == 2  # a study of other data or settings is not this run's
+    err = capsys.readouterr().err.strip()
+    assert "was run with other data, split, first seed or fixed parameters" in err
+    assert len(err.splitlines()) == 1 and not (results / "accuracy" / "runs").exists()
+
+    sweep_file.write_text(json.dumps({"studies": [{**study, "name": name}],
+                                      "untuned": ["mostpop"]}))
+    assert main([*argv, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "model sasrec [tuned on tiny: sweep trial 3]:" in plan and '"hidden_size": 32' in plan
+    assert main(argv) == 0
+    card = json.loads((results / "accuracy" / "runs" / "tiny" / "sasrec" / "seed-0" /
+                       "result.json").read_text())["provenance"]
+    assert {k: card["config"]["params"][k] for k in best} == best
+    assert card["tuning"]["best_trial"] == 3 and card["tuning"]["study"] == name
+    assert 0 < card["parameters"]["trainable"] <= card["parameters"]["total"]
+
+    doc = build_document(load_results(results / "accuracy"), ReportOptions(n_resamples=200))
+    tables = {t.label: t for t in doc.tables()}
+    config = {r[0].text: r[1].text for r in tables["valid-test-tiny"].rows}
+    assert config == {"mostpop": "default (nothing to tune)",
+                      "sasrec": "tuned: sweep trial 3 (valid 0.1234)"}
+    assert tables["sweeps"].rows[0][-1].text == "yes"
+    cost = {r[0].text: r for r in tables["cost-tiny"].rows}
+    assert cost["sasrec"][6].text == f"{card['parameters']['total']:,}"

@@ -64,6 +64,15 @@ def embedder(assets, family: str = "qwen2-vl", **kw) -> VLMEmbedder:
     return VLMEmbedder(assets["ckpts"][family], **kw)
 
 
+def decoded(emb: VLMEmbedder, rows: list[list[int]]) -> list[str]:
+    """The prompts the embedder fed to the model, as text (image tokens unexpanded)."""
+    return [emb.tokenizer.decode(ids) for ids in rows]
+
+
+def wrapped(emb: VLMEmbedder, body: str) -> str:
+    return prompts.wrap(emb.family.prompt_family, body)
+
+
 def unit_or_zero(x: torch.Tensor, present: torch.Tensor) -> None:
     norms = x.norm(dim=-1)
     assert torch.allclose(norms[present], torch.ones(int(present.sum())), atol=TOL)
@@ -206,12 +215,11 @@ def test_missing_modalities_are_absent_branches_never_blank_inputs(assets, monke
     # a branch with no content at all is never run through the model
     calls = []
     real = emb._embed
-    monkeypatch.setattr(
-        emb, "_embed", lambda bodies, pay: calls.append(bodies) or real(bodies, pay)
-    )
+    monkeypatch.setattr(emb, "_embed", lambda rows, pay: calls.append(rows) or real(rows, pay))
     with torch.no_grad():
         u = emb.encode_users([[items[0], items[3]], [items[2]], []])
-    assert len(calls) == 1 and all("<|image_pad|>" not in s for s in calls[0])
+    assert len(calls) == 1 and len(calls[0]) == 1
+    assert "<|image_pad|>" not in decoded(emb, calls[0])[0]
     assert u.text_present.tolist() == [True, False, False]
     assert not u.image_present.any()
     assert torch.equal(u.fused, u.text)
@@ -228,8 +236,8 @@ def test_user_prompt_uses_last_history_len_items_in_order(assets, monkeypatch):
         last = emb.encode_users([items[-3:]])
     assert torch.allclose(full.fused, last.fused, atol=TOL)
     expected = prompts.user_text([emb._texts([it.text])[0] for it in items[-3:]])
-    assert bodies[0] == expected
-    assert bodies[1] == prompts.user_image(3, emb.family.slot)
+    assert decoded(emb, bodies[:2]) == [wrapped(emb, expected),
+                                        wrapped(emb, prompts.user_image(3, emb.family.slot))]
 
 
 def test_texts_are_cleaned_and_truncated(assets):
@@ -256,17 +264,17 @@ def test_internal_fusion_uses_one_joint_prompt(assets, family, monkeypatch):
         only = emb.encode_items(items, unimodal=False)
         u = emb.encode_users([items, items[1:2]], unimodal=False)
     slot = emb.family.slot
-    assert bodies[2] == [
-        prompts.item_joint("red car", True, slot),
-        prompts.item_joint("doll", False, slot),
-        prompts.item_joint(None, True, slot),
-    ]
-    assert len(bodies) == 3 + 1 + 1  # text, image, joint; then joint only (items, users)
+    joint = [prompts.item_joint("red car", True, slot), prompts.item_joint("doll", False, slot),
+             prompts.item_joint(None, True, slot)]
+    # one call per encode: text (2), image (2) and joint (3) prompts; then joint only
+    assert [len(b) for b in bodies] == [2 + 2 + 3, 3, 2]
+    shown = decoded(emb, bodies[0][4:])
+    assert shown == decoded(emb, bodies[1]) == [wrapped(emb, j) for j in joint]
     unit_or_zero(b.fused, torch.ones(3, dtype=torch.bool))
     assert torch.allclose(b.fused, only.fused, atol=TOL)
     assert not only.text_present.any() and not only.image_present.any()
     assert b.text_present.tolist() == [True, True, False]
-    assert slot not in bodies[2][1] and "Item:" not in bodies[2][2]  # only present modalities
+    assert slot not in shown[1] and "Item:" not in shown[2]  # only present modalities
     for other in (b.text[0], b.image[0]):  # the joint embedding is neither unimodal one
         assert not torch.allclose(b.fused[0], other, atol=1e-3)
     unit_or_zero(u.fused, torch.ones(2, dtype=torch.bool))

@@ -1,28 +1,73 @@
-"""Modality diagnostics: dropout test, contribution, cross-modal topology, embedding health,
-and a collapse verdict per trained model.
+"""Modality diagnostics: the modality-dropout test with evidence, a verdict per trained model,
+cross-modal topology, embedding health and training series (docs/robustness.md defines every
+term).
 
-- **Modality-dropout test**: test accuracy with every image removed, every text removed, and
-  both present (the robustness evaluations ``drop_image@1``, ``drop_text@1`` and rate 0).
-- **Contribution** of a modality: the share of the clean accuracy lost without it,
-  ``max(0, (clean - without) / clean)``.
-- **Verdict** (:func:`collapse_verdict`): with threshold ``X`` (default 10%), a model whose
-  image contributes under X% while its text contributes at least X% has *collapsed onto text*
-  (and symmetrically onto image); both at least X%: *uses both*; neither: *reads no content*
-  (status pass for a model that declares no content modality, warn otherwise). A collapse is
-  ``fail`` for a model given both modalities and ``warn`` for one given a single modality by
-  design.
-- **Topology agreement** of a model's image-only and text-only item representations (the
-  content features it declares, or its own unimodal tables, ``model.modality_tables()``, for a
-  model that reads raw content such as VLM2Rec): linear CKA (Kornblith et al. 2019) and the
-  symmetric KL of relational distributions (the CRTR loss of :mod:`methods.vlm2rec.losses`).
-- **Structure contribution**: linear CKA between the model's fused item table (the one it
-  scores with) and each modality's table: how much of its similarity structure each explains.
-- **Embedding health** of each table: effective rank (Roy & Vetterli 2007), and the alignment
-  and uniformity of Wang & Isola (2020).
-- **Training series** of a model that records per-step diagnostics (VLM2Rec, its run's
-  ``train_steps.json``): the in-batch unimodal retrieval probabilities ``p_text`` / ``p_image``,
-  ``rho``, ``beta``, and the per-modality gradient norms ``grad_text`` / ``grad_image`` on the
-  steps that measured them (``grad_probe_every``).
+**Modality-dropout test.** Each trained run is evaluated clean and with every image removed
+(``drop_image@1``) and every text removed (``drop_text@1``), through :mod:`benchmark.robustness`
+(per-case ranks in its ``.npz`` files). A modality is judged on the test cases that need it: on
+a controlled-modality world (case label ``signal``) the image on ``signal=visual,target=cold``
+and the text on ``signal=textual,target=cold`` (cold-start ranks: only content can rank a
+never-trained item); elsewhere on all test cases (``overall``).
+
+**Contribution** of a modality, signed and never clamped: ``(clean - without) / clean`` on its
+cell; negative when removing the modality raises the score; None when ``clean`` is 0.
+
+**Evidence and rule** (:func:`modality_evidence`, :func:`modality_state`,
+:func:`collapse_verdict`). Per modality, ``d_u`` = clean minus without of user ``u``'s case
+metric (one case per user), averaged over seeds: the paired t-test and the sign-flip permutation
+test of :mod:`benchmark.report.significance` over users, Holm-corrected over the two modalities;
+*significant* when both tests reject at ``alpha`` (default 0.05) after Holm, as in the report.
+With two or more seeds, the 95% t-interval over seeds of the per-seed mean difference
+(:func:`benchmark.stats.mean_ci`) must agree:
+
+- ``used``: significant, mean difference > 0 and the seed interval above 0;
+- ``hurts``: significant, mean difference < 0 and the seed interval below 0;
+- ``none`` (no effect detected): not significant and the seed interval contains 0;
+- ``inconclusive``: the test and the seed interval disagree.
+
+With one seed the paired test alone decides (``used``, ``hurts`` or ``none``); training noise is
+then not measured, and the verdict says so. Outcome of a model: any modality ``hurts`` ->
+``images hurt`` / ``text hurts`` / ``images and text hurt``; else any ``inconclusive`` ->
+``inconclusive``; both ``used`` -> ``uses both``; one ``used``, the other ``none`` -> ``collapsed
+onto image|text``; both ``none`` -> ``content ignored``. Status: ``pass`` for ``uses both`` and
+for ``content ignored`` by a model given no content modality; ``fail`` for a collapse onto one
+modality of a model given both and for a modality that hurts a model given it; ``warn``
+otherwise (a collapse by design, content ignored by a content model, inconclusive).
+
+**diagnostics.json** (schema 2; version-1 files have no ``schema``, ``verdicts`` or
+``evidence``)::
+
+    {"suite", "schema": 2, "step", "metric", "alpha",
+     "verdicts": [                      # one per (dataset, model): the verdict over its seeds
+        {"model", "dataset", "seeds", "given": [modalities], "outcome", "status", "verdict",
+         "modalities": {"image" | "text": EVIDENCE}}],
+     "models": [                        # one per (dataset, model, seed), as in version 1
+        {"model", "dataset", "seed", "outcome", "status", "verdict" (this seed alone),
+         "evidence": {"image" | "text": EVIDENCE of this seed},
+         "metrics": {name: number}, "series": {name: [values]}, "training": {...}}]}
+
+    EVIDENCE = {"cell", "n_users", "seeds", "clean": [per seed], "without": [per seed],
+                "clean_mean", "without_mean", "contribution": [per seed, null if clean is 0],
+                "contribution_mean", "contribution_ci": [low, high] over seeds (null: one seed),
+                "difference_mean", "difference_ci": [low, high] over seeds (null: one seed),
+                "user_ci": [low, high] (bootstrap over users of the seed-averaged difference),
+                "p_ttest", "p_permutation" (seed-averaged, uncorrected), "p_holm" (the larger
+                of the two Holm-corrected p-values: significant iff <= alpha),
+                "p_holm_seeds": [per seed, the same test on that seed alone], "state"}
+
+A seed's ``metrics`` keep the version-1 names: ``clean_<metric>``, ``no_image_<metric>``,
+``no_text_<metric>`` (all test cases), and ``image_contribution`` / ``text_contribution`` (now
+signed, on the modality's cell), plus ``image_p_holm`` / ``text_p_holm`` and the table measures.
+
+**Topology agreement** of a model's image-only and text-only item representations (the content
+features it declares, or its own unimodal tables, ``model.modality_tables()``, for a model that
+reads raw content such as VLM2Rec): linear CKA (Kornblith et al. 2019) and the symmetric KL of
+relational distributions (the CRTR loss of :mod:`methods.vlm2rec.losses`). **Structure
+contribution**: linear CKA between the model's fused item table and each modality's table.
+**Embedding health** of each table: effective rank (Roy & Vetterli 2007), and the alignment and
+uniformity of Wang & Isola (2020). **Training series** of a model that records per-step
+diagnostics (VLM2Rec, its run's ``train_steps.json``): ``p_text`` / ``p_image``, ``rho``,
+``beta``, ``grad_text`` / ``grad_image``.
 """
 
 from __future__ import annotations
@@ -32,12 +77,21 @@ import math
 
 import numpy as np
 
+from ..errors import ConfigError, DataError
 from ..io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.10
+ALPHA = 0.05
 METRIC = "ndcg@10"
+MODALITIES = ("image", "text")
+#: the cell each modality is judged on in a controlled-modality world (docs/synthetic.md): the
+#: cold cases its signal generated, where no ID embedding can help
+CELLS = {"image": "signal=visual,target=cold", "text": "signal=textual,target=cold"}
+OVERALL = "overall"
+STATES = ("used", "hurts", "none", "inconclusive")
+#: what removing each modality is called in outcomes and sentences
+_PLURAL = {"image": "images", "text": "text"}
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -90,37 +144,188 @@ def relational_kl(x: np.ndarray, y: np.ndarray, tau: float = 0.1) -> float:
                       torch.as_tensor(np.asarray(y, dtype=np.float32)), tau))
 
 
-def contribution(clean: float, without: float) -> float:
-    """Share of the clean accuracy lost when a modality is removed (0 when nothing to lose)."""
-    return max(0.0, (clean - without) / clean) if clean > 1e-12 else 0.0
+def contribution(clean: float, without: float) -> float | None:
+    """Signed share of the clean accuracy lost when a modality is removed,
+    ``(clean - without) / clean``: negative when removing it raises the score; None when the
+    clean accuracy is 0 (no share to speak of)."""
+    return (clean - without) / clean if clean > 0 else None
 
 
-def collapse_verdict(clean: float, no_image: float, no_text: float,
-                     declared: tuple[str, ...] | None = None,
-                     threshold: float = THRESHOLD) -> tuple[str, str, dict]:
-    """(verdict, status, metrics) from the modality-dropout test (see the module docstring).
-    ``declared``: the content modalities the model is given (None: image and text)."""
+def modality_cell(modality: str, groups) -> str:
+    """The cases a modality is judged on: its signal's cold cell when the evaluation has one
+    (a controlled-modality world), else every test case (``overall``)."""
+    cell = CELLS[modality]
+    return cell if cell in groups else OVERALL
+
+
+def cell_values(arrays, mask: np.ndarray | None, cell: str, metric: str = METRIC) -> np.ndarray:
+    """Per-case ``metric`` on ``cell`` from stored test arrays (``EvalResult.arrays()``: keys
+    ``test_ranks``, ``test_ties``, ``test_cold_ranks``, ``test_cold_ties``); a cold cell is
+    scored on the cold-start ranks, as the evaluator scores it."""
+    from ..evaluation import METRICS, case_metrics
+
+    name, _, k = metric.partition("@")
+    if name not in METRICS or not k.isdigit():
+        raise ConfigError(f"metric {metric!r} must be one of {', '.join(METRICS)} at a cutoff, "
+                          "e.g. ndcg@10")
+    prefix = "test_cold_" if cell.endswith("target=cold") else "test_"
+    missing = [f"{prefix}{x}" for x in ("ranks", "ties") if f"{prefix}{x}" not in arrays]
+    if missing:
+        raise DataError(f"stored ranks lack {', '.join(missing)} (written by an older version): "
+                        "rerun `bench robustness` / `bench diagnose`")
+    ranks, ties = arrays[f"{prefix}ranks"], arrays[f"{prefix}ties"]
+    if mask is not None:
+        ranks, ties = ranks[mask], ties[mask]
+    return case_metrics(ranks, (int(k),), ties)[metric]
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _interval(values: list[float]) -> list[float] | None:
+    """[low, high] of the 95% t-interval over seeds; None with fewer than two values."""
+    from ..stats import mean_ci
+
+    if len(values) < 2:
+        return None
+    mean, half = mean_ci(values)
+    return [mean - half, mean + half]
+
+
+def modality_state(significant: bool, difference: float,
+                   seed_interval: list[float] | None) -> str:
+    """``used`` / ``hurts`` / ``none`` / ``inconclusive`` of one modality from the paired test
+    over users (``significant``, the mean ``difference`` clean - without) and the interval over
+    seeds of the per-seed difference (None: one seed, the test alone decides)."""
+    if seed_interval is None:
+        if not significant:
+            return "none"
+        return "used" if difference > 0 else "hurts"
+    low, high = seed_interval
+    if significant and difference > 0 and low > 0:
+        return "used"
+    if significant and difference < 0 and high < 0:
+        return "hurts"
+    if not significant and low <= 0 <= high:
+        return "none"
+    return "inconclusive"  # the test over users and the spread over seeds disagree
+
+
+def modality_evidence(cases: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]],
+                      cells: dict[str, str] | None = None, alpha: float = ALPHA,
+                      n_resamples: int | None = None) -> dict[str, dict]:
+    """The evidence for each modality (see the module docstring, EVIDENCE) from
+    ``cases[modality][seed] = (clean, without)``: per-case metric vectors on the modality's
+    cell, aligned by user (the same cases in every seed). ``cells`` names the cells (for the
+    record only)."""
+    from ..report import significance as sig
+
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
+    n_resamples = n_resamples or sig.N_RESAMPLES
+    mods = [m for m in MODALITIES if m in cases]
+    if not mods:
+        raise ValueError("modality_evidence needs the cases of image and/or text")
+    seeds = sorted(set.intersection(*(set(cases[m]) for m in mods)))
+    if not seeds:
+        raise ValueError("modality_evidence: no seed has the cases of every modality")
+    for m in mods:
+        for s in seeds:
+            a, b = cases[m][s]
+            if np.shape(a) != np.shape(b) or np.shape(a) != np.shape(cases[m][seeds[0]][0]):
+                raise ValueError(f"{m}, seed {s}: clean and without cases are not aligned")
+
+    def tested(pairs: dict[str, tuple]) -> dict[str, tuple]:
+        """Paired tests per modality, Holm over the modalities: (p_t, p_perm, p_holm, cmp);
+        a modality without cases gets (None, None, None, None) and is not counted."""
+        filled = {m: ab for m, ab in pairs.items() if len(ab[0])}
+        comps = sig.correct([sig.compare("", m, "without", np.asarray(a, float),
+                                         np.asarray(b, float), n_resamples)
+                             for m, (a, b) in filled.items()])
+        done = {m: (c.p_t, c.p_perm, max(c.p_t_holm, c.p_perm_holm), c)
+                for m, c in zip(filled, comps)}
+        return {m: done.get(m, (None, None, None, None)) for m in pairs}
+
+    per_seed = {s: tested({m: cases[m][s] for m in mods}) for s in seeds}
+    pooled = tested({m: (np.mean([cases[m][s][0] for s in seeds], axis=0),
+                         np.mean([cases[m][s][1] for s in seeds], axis=0)) for m in mods})
+    out = {}
+    for m in mods:
+        clean = [float(np.mean(cases[m][s][0])) if len(cases[m][s][0]) else None
+                 for s in seeds]
+        without = [float(np.mean(cases[m][s][1])) if len(cases[m][s][1]) else None
+                   for s in seeds]
+        diffs = [c - w for c, w in zip(clean, without) if c is not None]
+        contribs = [contribution(c, w) if c is not None else None
+                    for c, w in zip(clean, without)]
+        known = [c for c in contribs if c is not None]
+        p_t, p_perm, p_holm, comp = pooled[m]
+        n = len(cases[m][seeds[0]][0])
+        seed_ci = _interval(diffs) if n else None
+        # no case on the cell: nothing can be said
+        state = (modality_state(p_holm <= alpha, comp.diff, seed_ci) if n
+                 else "inconclusive")
+        out[m] = {"cell": (cells or {}).get(m), "n_users": n, "seeds": seeds,
+                  "clean": clean, "without": without,
+                  "clean_mean": _mean(clean), "without_mean": _mean(without),
+                  "contribution": contribs,
+                  "contribution_mean": float(np.mean(known)) if known else None,
+                  "contribution_ci": _interval(known) if len(known) == len(seeds) else None,
+                  "difference_mean": _mean(diffs), "difference_ci": seed_ci,
+                  "user_ci": [comp.ci_low, comp.ci_high] if comp else None,
+                  "p_ttest": p_t, "p_permutation": p_perm, "p_holm": p_holm,
+                  "p_holm_seeds": [per_seed[s][m][2] for s in seeds], "state": state}
+    return out
+
+
+def collapse_verdict(evidence: dict[str, dict], declared: tuple[str, ...] | None = None,
+                     metric: str = METRIC) -> tuple[str, str, str]:
+    """(outcome, status, sentence) from :func:`modality_evidence` (rule in the module
+    docstring). ``declared``: the modalities the model is given (None: image and text)."""
     declared = ("image", "text") if declared is None else tuple(
-        m for m in declared if m in ("image", "text"))
-    c_img, c_txt = contribution(clean, no_image), contribution(clean, no_text)
-    metrics = {"clean": clean, "no_image": no_image, "no_text": no_text,
-               "image_contribution": c_img, "text_contribution": c_txt}
-    pct = f"{threshold * 100:g}%"
-    if c_img >= threshold and c_txt >= threshold:
-        return (f"uses both modalities (image {c_img:.1%}, text {c_txt:.1%} of the accuracy)",
-                "pass", metrics)
-    for kept, lost, c_lost in (("text", "image", c_img), ("image", "text", c_txt)):
-        other = c_txt if kept == "text" else c_img
-        if c_lost < threshold <= other:
-            status = "fail" if lost in declared else "warn"
-            verdict = (f"collapsed onto {kept}: {lost} contributes {c_lost:.1%} of the "
-                       f"accuracy (under {pct})")
-            return verdict, status, metrics
-    if not declared:
-        return "reads no content: neither modality contributes", "pass", metrics
-    verdict = (f"content ignored: neither image ({c_img:.1%}) nor text ({c_txt:.1%}) "
-               f"contributes {pct}")
-    return verdict, "warn", metrics
+        m for m in declared if m in MODALITIES)
+    for m in evidence:
+        if m not in MODALITIES:
+            raise ValueError(f"unknown modality {m!r} in the evidence")
+    states = {m: evidence[m]["state"] if m in evidence else "none" for m in MODALITIES}
+    hurt = [m for m in MODALITIES if states[m] == "hurts"]
+    used = [m for m in MODALITIES if states[m] == "used"]
+    if hurt:
+        outcome = {("image",): "images hurt", ("text",): "text hurts"}.get(
+            tuple(hurt), "images and text hurt")
+        status = "fail" if set(hurt) & set(declared) else "warn"
+    elif "inconclusive" in states.values():
+        outcome, status = "inconclusive", "warn"
+    elif len(used) == 2:
+        outcome, status = "uses both", "pass"
+    elif used:
+        lost = next(m for m in MODALITIES if m not in used)
+        outcome = f"collapsed onto {used[0]}"
+        status = "fail" if lost in declared else "warn"
+    else:
+        outcome, status = "content ignored", "warn" if declared else "pass"
+    parts = [_evidence_sentence(m, evidence[m], metric) for m in MODALITIES if m in evidence]
+    given = ("given " + " and ".join(declared) if declared else "given no content modality")
+    seeds = next(iter(evidence.values()))["seeds"] if evidence else []
+    noise = (f"{len(seeds)} seeds" if len(seeds) > 1
+             else "one seed: paired test over users only, training noise not measured")
+    return outcome, status, f"{outcome} ({given}; {noise}): " + "; ".join(parts)
+
+
+def _evidence_sentence(modality: str, e: dict, metric: str) -> str:
+    if not e["n_users"]:
+        return f"{modality} inconclusive: no test case on {e.get('cell') or 'the cell'}"
+    c = e.get("contribution_mean")
+    ci = e.get("contribution_ci")
+    share = "n/a (clean is 0)" if c is None else f"{c:+.0%}"
+    if c is not None and ci is not None:
+        share += f" [{ci[0]:+.0%}, {ci[1]:+.0%}]"
+    return (f"{modality} {e['state']}: without {_PLURAL[modality]} {metric} "
+            f"{e['clean_mean']:.4f} -> {e['without_mean']:.4f} on {e.get('cell') or 'the cases'} "
+            f"(contribution {share}; paired test over {e['n_users']} users, "
+            f"Holm p = {e['p_holm']:.2g})")
 
 
 def feature_diagnostics(features: dict, max_items: int = 2000,
@@ -150,14 +355,6 @@ def feature_diagnostics(features: dict, max_items: int = 2000,
             if xi.shape[1] == xt.shape[1]:
                 out["alignment_image_text"] = alignment(xi, xt)
     return out
-
-
-def _lookup(rows: list[dict], key: tuple, perturbation: str, rate: float,
-            metric: str) -> float | None:
-    hits = [r["metrics"][metric] for r in rows
-            if (r.get("dataset"), r["model"], r.get("seed")) == key
-            and r["perturbation"] == perturbation and float(r["rate"]) == rate]
-    return hits[-1] if hits else None
 
 
 #: the per-step training diagnostics copied from a run's ``train_steps.json``
@@ -215,45 +412,111 @@ def model_tables(suite, prep, model_name: str, seed: int, opts) -> dict[str, flo
             **probe_metrics(probe_features(prep.data, prep.split, tables))}
 
 
-def run_diagnostics(suite, opts, metric: str = METRIC, threshold: float = THRESHOLD) -> dict:
-    """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts, the
-    table measures and training series of every run of a suite; writes
-    ``<suite>/diagnostics.json``."""
+def _stored_arrays(rows: list[dict], suite_dir, key: tuple, perturbation: str,
+                   rate: float) -> dict | None:
+    """The per-case test arrays of a robustness row (the latest one), or None."""
+    hits = [r for r in rows if (r.get("dataset"), r["model"], r.get("seed")) == key
+            and r["perturbation"] == perturbation and float(r["rate"]) == rate and r.get("ranks")]
+    if not hits:
+        return None
+    with np.load(suite_dir / hits[-1]["ranks"]) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["metrics"] = hits[-1]["metrics"]
+    return arrays
+
+
+def _finite(evidence: dict) -> dict:
+    """JSON-safe evidence (NaN -> None)."""
+    def fix(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+    return {m: {k: fix(v) for k, v in e.items()} for m, e in evidence.items()}
+
+
+def run_diagnostics(suite, opts, metric: str = METRIC, alpha: float = ALPHA,
+                    tables: bool = True) -> dict:
+    """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts with their
+    evidence (per seed and over seeds), the table measures (unless ``tables`` is False: they
+    reload every run and fit probes, most of the cost when nothing needs training) and training
+    series of every run of a suite; writes ``<suite>/diagnostics.json`` (schema in the module
+    docstring)."""
+    from ..evaluation import case_groups
     from ..robustness import run_folder, run_robustness
     from ..runner import prepare_dataset
+    from ..worldcheck import suite_model_info
 
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
     out = run_robustness(suite, ["drop_image", "drop_text"], [0.0, 1.0], opts)
-    rows = out["rows"]
-    entries = []
+    rows, suite_dir = out["rows"], opts.results_dir / suite.name
+    info = suite_model_info(suite)  # a variant's own modalities (e.g. a text-only CLIP-SASRec)
+    entries, verdicts = [], []
     for entry in suite.datasets:
         prep = prepare_dataset(entry, suite, opts)
+        test = prep.split.test
+        groups = case_groups(prep.split, prep.split.train_item_counts(prep.data.n_items),
+                             prep.labels, test)
+        cells = {m: modality_cell(m, groups) for m in MODALITIES}
+        masks = {m: groups.get(cells[m]) for m in MODALITIES}  # None: every case
         for model_name in suite.models:
-            mspec = suite.spec(model_name)
+            declared = tuple(m for m in info[model_name]["modalities"] if m in MODALITIES)
+            cases: dict[str, dict[int, tuple]] = {m: {} for m in MODALITIES}
             for seed in suite.seeds:
                 key = (entry.label, model_name, seed)
-                clean, no_img, no_txt = (_lookup(rows, key, "drop_image", 0.0, metric),
-                                         _lookup(rows, key, "drop_image", 1.0, metric),
-                                         _lookup(rows, key, "drop_text", 1.0, metric))
-                if None in (clean, no_img, no_txt):
+                clean, no_img, no_txt = (
+                    _stored_arrays(rows, suite_dir, key, "drop_image", 0.0),
+                    _stored_arrays(rows, suite_dir, key, "drop_image", 1.0),
+                    _stored_arrays(rows, suite_dir, key, "drop_text", 1.0))
+                if clean is None or no_img is None or no_txt is None:
                     entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
-                                    "status": "warn", "metrics": {}, "series": {},
+                                    "status": "warn", "outcome": "inconclusive",
+                                    "metrics": {}, "series": {},
                                     "verdict": "not diagnosed: perturbations do not reach "
                                                "this model (see robustness.json 'skipped')"})
                     continue
-                verdict, status, metrics = collapse_verdict(clean, no_img, no_txt,
-                                                            mspec.modalities, threshold)
-                tables = model_tables(suite, prep, model_name, seed, opts)
-                metrics = {**{f"{k}_{metric}" if k in ("clean", "no_image", "no_text") else k: v
-                              for k, v in metrics.items()}, **tables}
+                for arrays in (clean, no_img, no_txt):
+                    if not np.array_equal(arrays["test_users"], test.user):
+                        raise DataError(f"{model_name} seed {seed}: stored test cases differ "
+                                        "from the dataset's split: rerun `bench diagnose`")
+                for m, without in (("image", no_img), ("text", no_txt)):
+                    cases[m][seed] = (cell_values(clean, masks[m], cells[m], metric),
+                                      cell_values(without, masks[m], cells[m], metric))
+                evidence = _finite(modality_evidence({m: {seed: cases[m][seed]}
+                                                      for m in MODALITIES}, cells, alpha))
+                outcome, status, verdict = collapse_verdict(evidence, declared, metric)
+                metrics = {f"clean_{metric}": clean["metrics"][metric],
+                           f"no_image_{metric}": no_img["metrics"][metric],
+                           f"no_text_{metric}": no_txt["metrics"][metric]}
+                for m, e in evidence.items():
+                    if e["contribution_mean"] is not None:
+                        metrics[f"{m}_contribution"] = e["contribution_mean"]
+                    if e["p_holm"] is not None:
+                        metrics[f"{m}_p_holm"] = e["p_holm"]
+                if tables:
+                    metrics.update(model_tables(suite, prep, model_name, seed, opts))
                 run_dir = run_folder(suite, prep, model_name, seed, opts)
                 entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
-                                "status": status, "verdict": verdict, "metrics": metrics,
+                                "outcome": outcome, "status": status, "verdict": verdict,
+                                "evidence": evidence, "metrics": metrics,
                                 "series": {f"test {metric} (both, no image, no text)":
-                                           [clean, no_img, no_txt]},
+                                           [metrics[f"clean_{metric}"],
+                                            metrics[f"no_image_{metric}"],
+                                            metrics[f"no_text_{metric}"]]},
                                 "training": training_series(run_dir)})
-    path = opts.results_dir / suite.name / "diagnostics.json"
-    doc = {"suite": suite.name, "step": "condition", "metric": metric, "threshold": threshold,
-           "models": entries}
+            if not cases["image"]:
+                continue
+            evidence = _finite(modality_evidence(cases, cells, alpha))
+            outcome, status, verdict = collapse_verdict(evidence, declared, metric)
+            verdicts.append({"model": model_name, "dataset": entry.label,
+                             "seeds": sorted(cases["image"]), "given": list(declared),
+                             "outcome": outcome, "status": status, "verdict": verdict,
+                             "modalities": evidence})
+    path = suite_dir / "diagnostics.json"
+    doc = {"suite": suite.name, "schema": 2, "step": "condition", "metric": metric,
+           "alpha": alpha, "verdicts": verdicts, "models": entries}
     atomic_write_json(path, doc)
     return {**doc, "path": path, "plots": write_plots(doc, path.parent / "diagnostics")}
 

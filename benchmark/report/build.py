@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +19,59 @@ from ..errors import ConfigError
 from ..io import atomic_write, atomic_write_text
 from ..stats import mean_ci
 from . import plots
-from .document import Card, Cell, Document, Figure, Section, Table, to_html, to_latex, to_markdown
+from .common import (
+    DEFAULT_REFERENCE,
+    Ctx,
+    ReportOptions,
+    card,
+    diagnostic_groups,
+    empty,
+    fmt_p,
+    group_contribution,
+    group_use,
+    kv,
+    modalities,
+    name,
+    num,
+    outcome_counts,
+    params,
+    pm,
+    slug,
+    ticks,
+    train_info,
+)
+from .document import (
+    Bullets,
+    Card,
+    Cell,
+    Document,
+    Figure,
+    Fold,
+    Note,
+    Section,
+    Table,
+    to_html,
+    to_latex,
+    to_markdown,
+)
+from .findings import caveats, findings
 from .results import METRIC_RE, SuiteResults, load_results, metric_k, seed_averaged
 from .significance import N_RESAMPLES, Comparison, compare, correct
 
-DEFAULT_REFERENCE = "vlm2rec"
+__all__ = [
+    "ReportOptions",
+    "build_document",
+    "diagnostics_figures",
+    "pairwise",
+    "render_report",
+    "write_report",
+]
+
 SIGNAL_ORDER = ("visual", "textual", "collaborative", "popularity")
 # How to produce each optional input (shown when it is absent).
 PRODUCERS = {"robustness": "bench robustness --suite {suite}",
              "diagnostics": "bench diagnose --suite {suite}",
              "sweeps": "bench sweep --suite {suite}"}
-
-
-@dataclass
-class ReportOptions:
-    reference: str | None = None  # default: vlm2rec if in the suite, else the first model
-    metric: str = "ndcg@10"
-    alpha: float = 0.05
-    n_resamples: int = N_RESAMPLES
-    seed: int = 0
-    command: str | None = None  # the command that regenerates the report, shown in it
 
 
 def render_report(target: str | Path, results_dir: str | Path = "results",
@@ -54,39 +85,41 @@ def render_report(target: str | Path, results_dir: str | Path = "results",
 
 
 def write_report(doc: Document, folder: Path) -> dict[str, Path]:
+    rendered = {"html": to_html(doc), "markdown": to_markdown(doc), "latex": to_latex(doc)}
     figures = folder / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     written = [atomic_write(figures / f"{fig.name}.png", lambda p, data=fig.png: p.write_bytes(data))
                for fig in doc.figures()]
     for stale in set(figures.glob("*.png")) - set(written):
         stale.unlink()
-    paths = {"html": atomic_write_text(folder / "report.html", to_html(doc)),
-             "markdown": atomic_write_text(folder / "report.md", to_markdown(doc)),
-             "latex": atomic_write_text(folder / "tables.tex", to_latex(doc))}
+    paths = {"html": atomic_write_text(folder / "report.html", rendered["html"]),
+             "markdown": atomic_write_text(folder / "report.md", rendered["markdown"]),
+             "latex": atomic_write_text(folder / "tables.tex", rendered["latex"])}
     for path in [*written, *paths.values()]:
         path.chmod(0o644)  # a report is meant to be read (atomic writes create 0600 files)
     return {**paths, "figures": figures}
 
 
 def build_document(res: SuiteResults, opts: ReportOptions) -> Document:
+    from ..worldcheck import registry_model_info
+
     metric = _check_metric(res, opts.metric)
     reference = _reference(res, opts.reference)
-    styles = plots.styles(res.models)
-    ctx = _Ctx(res, opts, metric, reference, styles)
-    sections = [_overview(ctx), _main(ctx), _world_check(ctx), _significance(ctx), _signals(ctx),
-                _robustness(ctx), _diagnostics(ctx), _sweeps(ctx), _provenance(ctx)]
+    ctx = Ctx(res, opts, metric, reference, plots.styles(res.models))
+    ctx.pairs, ctx.pair_notes = pairwise(res, metric, opts.n_resamples, opts.seed)
+    ctx.roles = {m: i["role"] for m, i in registry_model_info(res.models).items()}
+    sections = [_overview(ctx), Section("findings", "Findings", [
+        ("Generated from the statistics below (nothing here is written by hand); each claim "
+         "can be traced to the pairwise, diagnostics and world-check tables."),
+        Bullets(findings(ctx))]),
+        Section("caveats", "Caveats", [Note("Read the numbers with these limits in mind "
+                                            "(from the provenance cards, sweep and world check)",
+                                            [Bullets(caveats(ctx))])]),
+        _main(ctx), _significance(ctx), _signals(ctx), _world_check(ctx), _diagnostics(ctx),
+        _robustness(ctx), _training(ctx), _sweeps(ctx), _provenance(ctx)]
     subtitle = (f"Suite `{res.name}`, rendered from stored results only by `bench report`. "
-                f"Reference model: `{reference}`; significance metric: {_name(metric)}.")
+                f"Reference model: `{reference}`; significance metric: {name(metric)}.")
     return Document(f"Benchmark report: {res.name}", subtitle, sections)
-
-
-@dataclass
-class _Ctx:
-    res: SuiteResults
-    opts: ReportOptions
-    metric: str
-    reference: str
-    styles: dict[str, plots.Style]
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -116,20 +149,6 @@ def _metric_order(names) -> list[str]:
     return sorted(valid, key=lambda n: (kinds.index(n.split("@")[0]), int(n.split("@")[1])))
 
 
-def _name(metric: str) -> str:
-    kind, k = metric.split("@")
-    return f"{kind.upper()}@{k}"
-
-
-def _slug(*parts: object) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
-
-
-def _pm(values: Sequence[float]) -> tuple[float, str]:
-    mean, ci = mean_ci(list(values))
-    return mean, ("—" if math.isnan(mean) else f"{mean:.4f} ± {ci:.4f}")
-
-
 def _bold_best(rows: list[list[Cell]], means: list[list[float]], first: int) -> None:
     """Bold the highest mean of each column from ``first`` on (ties at 4 decimals all bold)."""
     for j in range(len(means[0]) if means else 0):
@@ -139,52 +158,41 @@ def _bold_best(rows: list[list[Cell]], means: list[list[float]], first: int) -> 
                 row[first + j].bold = round(m[j], 4) == max(col)
 
 
-def _mean_table(label: str, caption: str, header: list[str], keys: list[str],
+def _mean_table(label: str, caption: str, header: list[str],
                 cells: list[list[Sequence[float]]], lead: list[list[str]]) -> Table:
     """Rows ``lead[i] + [mean ± CI of cells[i][j]]`` with the best of each column in bold."""
     rows, means = [], []
     for lead_cells, values in zip(lead, cells):
-        pms = [_pm(v) for v in values]
+        pms = [pm(v) for v in values]
         rows.append([Cell(x) for x in lead_cells] + [Cell(text) for _, text in pms])
         means.append([m for m, _ in pms])
-    _bold_best(rows, means, len(lead[0]) if lead else 0)
-    return Table(label, caption, header, rows)
+    n_lead = len(lead[0]) if lead else 0
+    _bold_best(rows, means, n_lead)
+    return Table(label, caption, header, rows, lead=max(1, n_lead))
 
 
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "—"
-    if p == 0:
-        return "< 1e-300"  # below double precision
-    return f"{p:.1e}" if p < 1e-4 else f"{p:.4f}"
-
-
-def _num(x) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-def _missing(section: str, what: str, ctx: _Ctx) -> str:
+def _missing(section: str, what: str, ctx: Ctx) -> str:
     cmd = PRODUCERS[section].format(suite=ctx.res.name)
     return f"Not run for this suite (run `{cmd}`): no {what} was found."
 
 
 # -- sections ------------------------------------------------------------------------------------
 
-def _overview(ctx: _Ctx) -> Section:
+def _overview(ctx: Ctx) -> Section:
     res = ctx.res
     seeds = sorted({r.seed for r in res.runs})
-    card = next((r.result["provenance"] for r in res.runs if r.result), {})
-    ev = card.get("config", {}).get("evaluation", {})
+    first = next((card(r) for r in res.runs if r.result), {})
+    ev = first.get("config", {}).get("evaluation", {})
     mode = ev.get("mode", "unknown")
     if mode == "sampled":
         mode += f" ({ev.get('n_negatives')} seeded negatives per case; a compatibility mode)"
-    split = card.get("split", {})
+    split = first.get("split", {})
     blocks: list = [
         (f"{len(res.runs)} completed runs: {len(res.datasets)} dataset(s) "
-        f"({', '.join(f'`{d}`' for d in res.datasets)}) × {len(res.models)} model(s) "
-        f"({', '.join(f'`{m}`' for m in res.models)}) × seeds {', '.join(map(str, seeds))}."),
+         f"({ticks(res.datasets)}) × {len(res.models)} model(s) ({ticks(res.models)}) × seeds "
+         f"{', '.join(map(str, seeds))}."),
         (f"Evaluation: {mode} ranking, split `{split.get('kind', 'unknown')}`; metrics on the "
-        "test cases, each touched once after model selection on validation."),
+         "test cases, each touched once after model selection on validation."),
         f"Regenerate this report with `{ctx.opts.command or f'bench report {res.name}'}`."]
     if res.failed:
         blocks.append(f"{len(res.failed)} run(s) did not complete and are left out: "
@@ -193,95 +201,170 @@ def _overview(ctx: _Ctx) -> Section:
     return Section("overview", "Overview", blocks)
 
 
-def _main(ctx: _Ctx) -> Section:
-    res = ctx.res
+def _main(ctx: Ctx) -> Section:
+    res, metric = ctx.res, name(ctx.metric)
     blocks: list = [("Test metrics: mean ± half-width of the 95% t confidence interval over seeds "
-                    "(± 0 with a single seed or a deterministic model). Best mean of each column "
-                    "in bold.")]
+                     "(± 0 with a single seed or a deterministic model). Best mean of each column "
+                     "in bold. The second table puts validation (the split that selected the "
+                     f"epoch and, in a sweep, the configuration) next to test for {metric}, with "
+                     "each seed's test value and the configuration each row used.")]
     panels = []
     for d in res.datasets:
-        models = [m for m in res.models if res.runs_of(d, m)]
+        models = ctx.models_of(d)
         metrics = _metric_order({k for m in models for r in res.runs_of(d, m) for k in r.row["test"]})
         cells = [[[r.row["test"][k] for r in res.runs_of(d, m) if k in r.row["test"]]
                   for k in metrics] for m in models]
         lead = [[m, str(len(res.runs_of(d, m)))] for m in models]
-        blocks.append(_mean_table(_slug("main", d), f"Test accuracy on {d}",
-                                  ["model", "seeds", *map(_name, metrics)], metrics, cells, lead))
+        blocks.append(_mean_table(slug("main", d), f"Test accuracy on {d}",
+                                  ["model", "seeds", *map(name, metrics)], cells, lead))
+        blocks.append(_valid_test(ctx, d, models))
         panels.append((d, [(m, *mean_ci([r.row["test"][ctx.metric] for r in res.runs_of(d, m)]))
                            for m in models]))
-    blocks.append(Figure("main", plots.dot_plot(panels, _name(ctx.metric), ctx.styles),
-                         f"Test {_name(ctx.metric)} per model: mean and 95% CI over seeds."))
+    blocks.append(Figure("main", plots.dot_plot(panels, metric, ctx.styles),
+                         f"Test {metric} per model: mean and 95% CI over seeds."))
     return Section("main", "Main results", blocks)
 
 
-def comparisons(res: SuiteResults, reference: str, metric: str, n_resamples: int = N_RESAMPLES,
-                seed: int = 0) -> tuple[list[Comparison], list[str]]:
-    """Every model against the reference on every dataset, Holm-corrected; plus notes on the
+def _valid_test(ctx: Ctx, d: str, models: list[str]) -> Table:
+    res, metric = ctx.res, ctx.metric
+    seeds = sorted({r.seed for m in models for r in res.runs_of(d, m)})
+    rows, means = [], []
+    for m in models:
+        runs = res.runs_of(d, m)
+        by_seed = {r.seed: r.row["test"].get(metric) for r in runs}
+        valid = pm([r.row["valid"][metric] for r in runs if metric in r.row.get("valid", {})])
+        test = pm([r.row["test"][metric] for r in runs])
+        rows.append([Cell(m), Cell(group_use(res, runs).label), Cell(valid[1]), Cell(test[1])]
+                    + [Cell("—" if by_seed.get(s) is None else f"{by_seed[s]:.4f}")
+                       for s in seeds])
+        means.append([valid[0], test[0]])
+    _bold_best(rows, means, 2)
+    return Table(slug("valid-test", d), f"Validation and test {name(metric)} on {d}, per seed",
+                 ["model", "configuration", f"valid {name(metric)}", f"test {name(metric)}",
+                  *(f"test seed {s}" for s in seeds)], rows)
+
+
+def pairwise(res: SuiteResults, metric: str, n_resamples: int = N_RESAMPLES, seed: int = 0
+             ) -> tuple[list[Comparison], list[str]]:
+    """Every pair of models on every dataset (each pair once, in suite order: differences are
+    earlier model − later model), Holm-corrected over all of them; plus notes on the
     comparisons that could not be made."""
     out, notes = [], []
     for d in res.datasets:
-        ref_runs = res.runs_of(d, reference)
-        ref = seed_averaged(ref_runs, metric) if ref_runs else None
-        if ref is None:
-            notes.append(f"`{d}`: no per-case results of `{reference}`: no comparison.")
-            continue
+        vectors = {}
         for m in res.models:
-            if m == reference or not res.runs_of(d, m):
-                continue
-            other = seed_averaged(res.runs_of(d, m), metric)
-            if other is None:
-                notes.append(f"`{d}/{m}`: per_case.npz missing: no comparison.")
-                continue
-            users = np.intersect1d(ref[0], other[0])
-            a = other[1][np.searchsorted(other[0], users)]
-            b = ref[1][np.searchsorted(ref[0], users)]
-            out.append(compare(d, m, reference, a, b, n_resamples, seed))
+            if res.runs_of(d, m):
+                v = seed_averaged(res.runs_of(d, m), metric)
+                if v is None:
+                    notes.append(f"`{d}/{m}`: per_case.npz missing: not compared.")
+                else:
+                    vectors[m] = v
+        names = list(vectors)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                users = np.intersect1d(vectors[a][0], vectors[b][0])
+                va = vectors[a][1][np.searchsorted(vectors[a][0], users)]
+                vb = vectors[b][1][np.searchsorted(vectors[b][0], users)]
+                out.append(compare(d, a, b, va, vb, n_resamples, seed))
     return correct(out), notes
 
 
-def _significance(ctx: _Ctx) -> Section:
-    o, name = ctx.opts, _name(ctx.metric)
-    comps, notes = comparisons(ctx.res, ctx.reference, ctx.metric, o.n_resamples, o.seed)
+def _verdict(c: Comparison, alpha: float) -> str:
+    """Words for ``c`` (model − reference) that say which direction is higher."""
+    if c.significant(alpha):
+        return f"higher than {c.reference} (significant)" if c.diff > 0 else \
+            f"lower than {c.reference} (significant)"
+    if c.ci_low > 0 or c.ci_high < 0:
+        return "not significant after Holm (95% CI excludes 0)"
+    return "no significant difference"
+
+
+def _significance(ctx: Ctx) -> Section:
+    o, metric, ref = ctx.opts, name(ctx.metric), ctx.reference
+    title = "Paired significance"
     blocks: list = [
-        (f"Each model against `{ctx.reference}`, paired over the test users both evaluated. "
-        f"A user's value is their {name} averaged over the model's seeds (so n = users, not "
-        "users × seeds, and seed noise does not count as evidence). Two tests: the paired t-test "
-        f"and a two-sided sign-flip permutation test ({o.n_resamples:,} resamples, seed "
-        f"{o.seed}). Effect size: Δ = mean difference (model − reference) with its 95% "
-        f"percentile bootstrap CI over users ({o.n_resamples:,} resamples, seed {o.seed}), and "
-        f"Cohen's d_z = Δ / sd of the differences. Holm correction across all {len(comps)} "
-        f"comparisons of this report, for each test; a difference is called significant only "
-        f"when both corrected p-values are ≤ {o.alpha}."), *notes]
-    if not comps:
+        (f"Every pair of models, paired over the test users both evaluated. A user's value is "
+         f"their {metric} averaged over the model's seeds (so n = users, not users × seeds, and "
+         "seed noise does not count as evidence). Two tests: the paired t-test and a two-sided "
+         f"sign-flip permutation test ({o.n_resamples:,} resamples, seed {o.seed}). Effect "
+         f"size: Δ = mean difference, with its 95% percentile bootstrap CI over users "
+         f"({o.n_resamples:,} resamples, seed {o.seed}), and Cohen's d_z = Δ / sd of the "
+         f"differences. Holm correction across all {len(ctx.pairs)} pairwise comparisons of "
+         f"this report, for each test; a difference is called significant only when both "
+         f"corrected p-values are ≤ {o.alpha}."),
+        ("Why a CI can exclude 0 while the verdict says \"not significant\": the bootstrap CI "
+         "is a per-comparison 95% interval (uncorrected), while the verdict is corrected for "
+         f"the {len(ctx.pairs)} comparisons made; such rows read \"not significant after Holm "
+         "(95% CI excludes 0)\"."), *ctx.pair_notes]
+    if not ctx.pairs:
         blocks.append("Nothing to compare: the suite has a single model.")
-        return Section("significance", "Paired significance", blocks)
-    rows = []
-    for c in comps:
-        sig = c.significant(o.alpha)
-        verdict = ("better" if c.diff > 0 else "worse") + " (significant)" if sig \
-            else "no significant difference"
-        rows.append([Cell(c.dataset), Cell(c.model), Cell(str(c.n)), Cell(f"{c.mean_model:.4f}"),
-                     Cell(f"{c.mean_reference:.4f}"),
-                     Cell(f"{c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"),
-                     Cell(f"{c.dz:+.3f}"), Cell(_p(c.p_t)), Cell(_p(c.p_perm)),
-                     Cell(_p(c.p_t_holm), c.p_t_holm <= o.alpha),
-                     Cell(_p(c.p_perm_holm), c.p_perm_holm <= o.alpha), Cell(verdict, sig)])
-    blocks.append(Table("significance", f"Paired comparisons against {ctx.reference} ({name}); "
-                        f"corrected p ≤ {o.alpha} in bold",
-                        ["dataset", "model", "users", name, f"{name} (ref.)", "Δ [95% CI]", "d_z",
-                         "p t-test", "p perm.", "p t-test (Holm)", "p perm. (Holm)", "verdict"],
-                        rows))
-    panels = [(d, [(c.model, c.diff, c.ci_low, c.ci_high, c.significant(o.alpha))
-                   for c in comps if c.dataset == d]) for d in dict.fromkeys(c.dataset
-                                                                             for c in comps)]
-    blocks.append(Figure("significance", plots.forest_plot(
-        panels, f"Δ {name} vs {ctx.reference}", ctx.styles),
-        f"Mean per-user difference in {name} against {ctx.reference} with its 95% bootstrap CI; "
-        "filled marker: significant after Holm correction (both tests), open: not."))
-    return Section("significance", "Paired significance", blocks)
+        return Section("significance", title, blocks)
+    rows, panels = [], []
+    for d in ctx.res.datasets:
+        comps = [c for c in (ctx.pair(d, m, ref) for m in ctx.models_of(d) if m != ref) if c]
+        for c in comps:
+            sig = c.significant(o.alpha)
+            rows.append([Cell(c.model), Cell(c.dataset), Cell(str(c.n)),
+                         Cell(f"{c.mean_model:.4f}"), Cell(f"{c.mean_reference:.4f}"),
+                         Cell(f"{c.diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"),
+                         Cell(f"{c.dz:+.3f}"), Cell(fmt_p(c.p_t)), Cell(fmt_p(c.p_perm)),
+                         Cell(fmt_p(c.p_t_holm), c.p_t_holm <= o.alpha),
+                         Cell(fmt_p(c.p_perm_holm), c.p_perm_holm <= o.alpha),
+                         Cell(_verdict(c, o.alpha), sig)])
+        if comps:
+            panels.append((d, [(c.model, c.diff, c.ci_low, c.ci_high, c.significant(o.alpha))
+                               for c in comps]))
+    if rows:
+        blocks.append(Table("significance-reference",
+                            f"Each model against {ref} ({metric}): Δ = model − {ref}; "
+                            f"corrected p ≤ {o.alpha} in bold",
+                            ["model", "dataset", "users", metric, f"{metric} of {ref}",
+                             f"Δ = model − {ref} [95% CI]", "d_z", "p t-test", "p perm.",
+                             "p t-test (Holm)", "p perm. (Holm)", "verdict"], rows))
+        blocks.append(Figure("significance", plots.forest_plot(
+            panels, f"Δ {metric} = model − {ref}", ctx.styles),
+            f"Mean per-user difference in {metric}, model − {ref}, with its 95% bootstrap CI; "
+            "right of 0: the model scores higher than the reference; filled marker: significant "
+            "after Holm correction (both tests), open: not."))
+    heat = []
+    for d in ctx.res.datasets:
+        models = [m for m in ctx.models_of(d) if any(c.dataset == d and m in (c.model,
+                                                                              c.reference)
+                                                     for c in ctx.pairs)]
+        if len(models) < 2:
+            continue
+        table_rows, values, notes = [], [], []
+        for a in models:
+            cells, vrow, nrow = [Cell(a)], [], []
+            for b in models:
+                c = None if a == b else ctx.pair(d, a, b)
+                if c is None:
+                    cells.append(Cell("—"))
+                    vrow.append(math.nan)
+                    nrow.append("")
+                    continue
+                sig = c.significant(o.alpha)
+                cells.append(Cell(f"{c.diff:+.4f} (p {fmt_p(c.p_holm)})", sig))
+                vrow.append(c.diff)
+                nrow.append(f"{c.diff:+.3f}" + ("*" if sig else ""))
+            table_rows.append(cells)
+            values.append(vrow)
+            notes.append(nrow)
+        blocks.append(Table(slug("pairwise", d),
+                            f"Pairwise {metric} on {d}: cell = Δ = row model − column model "
+                            "(Holm p, the larger of the two tests'); significant in bold",
+                            ["row − column", *models], table_rows))
+        heat.append((d, models, models, values, notes))
+    if heat:
+        blocks.append(Figure("pairwise", plots.heatmap(heat, f"Δ {metric} (row − column)",
+                                                       diverging=True),
+                             f"Pairwise differences in test {metric}, row model − column model "
+                             "(red: the row model scores higher); * significant after Holm "
+                             "correction over all pairs (both tests)."))
+    return Section("significance", title, blocks)
 
 
-def _world_check(ctx: _Ctx) -> Section:
+def _world_check(ctx: Ctx) -> Section:
     """The suite's check of its controlled-modality world (``world_check.json``)."""
     title = "World check"
     checks = ctx.res.world_check
@@ -295,13 +378,13 @@ def _world_check(ctx: _Ctx) -> Section:
                      "failed expectation is a finding about the models or the world.")]
     for label, doc in checks.items():
         c = doc["counts"]
-        blocks.append(f"`{label}`, {_name(doc['metric'])}, seeds {doc['seeds']}: "
+        blocks.append(f"`{label}`, {name(doc['metric'])}, seeds {doc['seeds']}: "
                       f"{c['pass']} pass, {c['fail']} fail, {c['skipped']} skipped.")
         rows = [[Cell(e["id"]), Cell(e["claim"]),
                  Cell(e["status"].upper(), bold=e["status"] == "fail"),
                  Cell(e.get("reason", ""))] for e in doc["expectations"]]
-        blocks.append(Table(_slug("world-check", label), f"World check on {label}",
-                            ["expectation", "claim", "status", "details"], rows, latex=False))
+        blocks.append(Table(slug("world-check", label), f"World check on {label}",
+                            ["expectation", "claim", "status", "details"], rows))
     return Section("world-check", title, blocks)
 
 
@@ -317,78 +400,89 @@ def _signal_columns(groups: set[str]) -> list[str]:
     return cols + [f"target={t}" for t in ("warm", "cold") if f"target={t}" in groups]
 
 
-def _signals(ctx: _Ctx) -> Section:
-    res, name = ctx.res, _name(ctx.metric)
-    blocks: list = [(f"Test {name} by the signal that generated each test target (visual, "
-                    "textual, collaborative, popularity) and by warm/cold target item, on the "
-                    "datasets that label their cases (the controlled-modality dataset "
-                    "`synthetic`, docs/synthetic.md): mean ± 95% CI over seeds, best in bold.")]
-    found = False
+def _signals(ctx: Ctx) -> Section:
+    res, metric = ctx.res, name(ctx.metric)
+    blocks: list = [(f"Test {metric} by the signal that generated each test target (visual, "
+                     "textual, collaborative, popularity) and by warm/cold target item, on the "
+                     "datasets that label their cases (the controlled-modality dataset "
+                     "`synthetic`, docs/synthetic.md): mean ± 95% CI over seeds, best in bold.")]
+    heat = []
     for d in res.datasets:
         runs = [r for r in res.runs if r.dataset == d]
         groups = {g for r in runs for g in r.row.get("test_groups", {})}
         if not any(g.startswith("signal=") for g in groups):
             continue
-        found = True
         cols = _signal_columns(groups)
         sizes = next((r.row.get("test_group_sizes", {}) for r in runs), {})
-        header = ["model"] + [g.replace("signal=", "").replace(",target=", " ")
-                              .replace("target=", "all ") + (f" (n={sizes[g]})" if g in sizes
-                                                             else "") for g in cols]
-        models = [m for m in res.models if res.runs_of(d, m)]
+        protocols = {g: p for r in runs for g, p in (r.row.get("test_group_protocols")
+                                                     or {}).items()}
+        labels = [g.replace("signal=", "").replace(",target=", " ").replace("target=", "all ")
+                  + ("*" if g in protocols else "") for g in cols]
+        header = ["model"] + [lab + (f" (n={sizes[g]})" if g in sizes else "")
+                              for lab, g in zip(labels, cols)]
+        models = ctx.models_of(d)
 
         def vals(m: str, g: str, d: str = d) -> list[float]:
             return [r.row["test_groups"][g][ctx.metric] for r in res.runs_of(d, m)
                     if ctx.metric in r.row.get("test_groups", {}).get(g, {})]
 
-        blocks.append(_mean_table(_slug("signals", d), f"Test {name} by signal on {d}", header,
-                                  cols, [[vals(m, g) for g in cols] for m in models],
+        if protocols:
+            kinds = sorted(set(protocols.values()))
+            blocks.append(f"Columns marked * on `{d}` use another protocol than the rest: "
+                          + "; ".join(kinds) + ". Their values are not comparable with the "
+                          "unmarked columns, only between models.")
+        blocks.append(_mean_table(slug("signals", d), f"Test {metric} by signal on {d}", header,
+                                  [[vals(m, g) for g in cols] for m in models],
                                   [[m] for m in models]))
-        signal_cols = [g for g in cols if g.startswith("signal=")]
-        panels = []
-        for t in ("warm", "cold", None):
-            gs = [g for g in signal_cols if (t is None and "," not in g) or
-                  (t is not None and g.endswith(f"target={t}"))]
-            if gs:
-                panels.append((f"{d}: {t} targets" if t else d,
-                               [g.split(",")[0][7:] for g in gs],
-                               {m: [mean_ci(vals(m, g)) for g in gs] for m in models}))
-        blocks.append(Figure(_slug("signals", d), plots.grouped_bars(panels, name, ctx.styles),
-                             f"Test {name} on {d} by signal (bars: mean over seeds; error bars: "
-                             "95% CI; each model has its own hatch)."))
-    if not found:
-        blocks = [("No dataset of this suite labels its test cases by signal; the "
-                  "controlled-modality dataset `synthetic` does (docs/synthetic.md).")]
+        means = [[mean_ci(vals(m, g))[0] for g in cols] for m in models]
+        heat.append((d, models, labels, means,
+                     [["" if math.isnan(v) else f"{v:.3f}" for v in row] for row in means]))
+    if not heat:
+        return Section("signals", "Accuracy by signal type", [
+            ("No dataset of this suite labels its test cases by signal; the "
+             "controlled-modality dataset `synthetic` does (docs/synthetic.md).")])
+    blocks.append(Figure("signals", plots.heatmap(heat, f"test {metric}"),
+                         f"Test {metric} per model (rows) and case group (columns), mean over "
+                         "seeds; * cold-start protocol (see above)."))
     return Section("signals", "Accuracy by signal type", blocks)
 
 
-def _robustness(ctx: _Ctx) -> Section:
+def _robustness(ctx: Ctx) -> Section:
     title = "Robustness to missing or noisy modalities"
-    data, name = ctx.res.robustness, _name(ctx.metric)
+    data, metric = ctx.res.robustness, name(ctx.metric)
     if data is None:
         return Section("robustness", title, [_missing("robustness", "robustness.json", ctx)])
     rows = [r for r in data["rows"] if ctx.metric in r["metrics"]]
-    blocks: list = [(f"Test {name} under test-time perturbations at increasing rates (from "
-                    "`robustness.json`): mean ± 95% CI over seeds, best in bold.")]
+    blocks: list = [(f"Test {metric} under test-time perturbations at increasing rates (from "
+                     "`robustness.json`): mean ± 95% CI over seeds, best in bold.")]
     if not rows:
-        return Section("robustness", title, blocks + [f"`robustness.json` has no {name}."])
+        return Section("robustness", title, blocks + [f"`robustness.json` has no {metric}."])
     curves = list(dict.fromkeys((str(r.get("dataset", "")), str(r["perturbation"]))
                                 for r in rows))
+    grids = {c: sorted({float(r["rate"]) for r in rows
+                        if (str(r.get("dataset", "")), str(r["perturbation"])) == c})
+             for c in curves}
+    if len({tuple(g) for g in grids.values()}) > 1:
+        blocks.append("The perturbations were evaluated at different rates: " + "; ".join(
+            f"{p}{f' on {d}' if d else ''} at {', '.join(f'{x:g}' for x in g)}"
+            for (d, p), g in grids.items()) + " (`bench diagnose` adds rates 0 and 1 of "
+            "drop_image and drop_text; run `bench robustness` with one `--rates` list for "
+            "every perturbation to compare curves point by point).")
     models = [m for m in ctx.res.models if any(r["model"] == m for r in rows)]
     models += sorted({r["model"] for r in rows} - set(models))
     styles = {**plots.styles(models), **ctx.styles}
     panels = []
     for d, pert in curves:
         sel = [r for r in rows if str(r.get("dataset", "")) == d and str(r["perturbation"]) == pert]
-        rates = sorted({float(r["rate"]) for r in sel})
+        rates = grids[(d, pert)]
         present = [m for m in models if any(r["model"] == m for r in sel)]
         cells = [[[r["metrics"][ctx.metric] for r in sel
                    if r["model"] == m and float(r["rate"]) == rate] for rate in rates]
                  for m in present]
         label = f"{d}: {pert}" if d else pert
-        blocks.append(_mean_table(_slug("robustness", d, pert), f"Test {name} under {label}",
-                                  ["model", *(f"rate {x:g}" for x in rates)],
-                                  [str(x) for x in rates], cells, [[m] for m in present]))
+        blocks.append(_mean_table(slug("robustness", d, pert), f"Test {metric} under {label}",
+                                  ["model", *(f"rate {x:g}" for x in rates)], cells,
+                                  [[m] for m in present]))
         series = []
         for m, model_cells in zip(present, cells):
             xs = [x for x, c in zip(rates, model_cells) if c]
@@ -396,24 +490,233 @@ def _robustness(ctx: _Ctx) -> Section:
             series.append(plots.Series(m, xs, [s[0] for s in stats], [s[1] for s in stats],
                                        style=styles[m]))
         panels.append(plots.Panel(label, series))
-    blocks.append(Figure("robustness", plots.line_panels(panels, "perturbation rate", name, True),
-                         f"Robustness curves: test {name} against the perturbation rate "
+    blocks.append(Figure("robustness", plots.line_panels(panels, "perturbation rate", metric,
+                                                         True),
+                         f"Robustness curves: test {metric} against the perturbation rate "
                          "(error bars: 95% CI over seeds)."))
     return Section("robustness", title, blocks)
 
 
-def _training_curves(ctx: _Ctx) -> list:
+# -- diagnostics ---------------------------------------------------------------------------------
+
+def _diagnostics(ctx: Ctx) -> Section:
+    title = "Modality diagnostics"
+    data = ctx.res.diagnostics
+    if data is None:
+        return Section("diagnostics", title, [_missing("diagnostics", "diagnostics.json", ctx)])
+    entries = data["models"]
+    mods = modalities(entries)
+    groups = diagnostic_groups(entries)
+    per_seed = any(len(es) > 1 for _, es in groups)
+    blocks: list = [("Each model's use of its modalities, from `diagnostics.json` (`bench "
+                     "diagnose`): the outcome and each modality's contribution with its 95% CI "
+                     "and p-value where the file gives them. "
+                     + ("With several entries per model (one per seed), the contribution is "
+                        "their mean with the 95% t interval over entries, and the outcomes are "
+                        "counted." if per_seed else ""))]
+    definitions = data.get("definitions")
+    if isinstance(definitions, dict) and definitions:
+        blocks.append(Bullets([f"{k}: {v}" for k, v in definitions.items()]))
+    rows = []
+    for (d, m), es in groups:
+        fail = any(str(e.get("status")) == "fail" for e in es)
+        counts = outcome_counts(es)
+        text = ", ".join(f"{o} ({n})" if len(es) > 1 else o for o, n in counts)
+        row = [Cell(m), Cell(d), Cell(str(len(es))), Cell(text, fail)]
+        for mod in mods:
+            c = group_contribution(es, mod)
+            if c is None:
+                row += [Cell("—"), Cell("—")]
+                continue
+            ci = "" if c.low is None else f" [{c.low:+.4f}, {c.high:+.4f}]"
+            row += [Cell(f"{c.value:+.4f}{ci}"), Cell(fmt_p(c.p))]
+        rows.append(row)
+    header = ["model", "dataset", "entries", "outcome"]
+    for mod in mods:
+        header += [f"{mod} contribution [95% CI]", f"{mod} p"]
+    blocks.append(Table("diagnostics", "Diagnostics outcome and modality contributions per "
+                        "model (failing status in bold)", header, rows))
+    figures = diagnostics_figures(data, chance=_chance_levels(ctx))
+    if "diagnostics" in figures:
+        blocks.append(Figure("diagnostics", figures["diagnostics"],
+                             "Contribution of each modality per model (signed: left of 0 the "
+                             "modality lowers accuracy), with its 95% CI as stored or over "
+                             "seeds."))
+    if "diagnostics-training" in figures:
+        blocks.append(Figure("diagnostics-training", figures["diagnostics-training"],
+            "Recorded during training (first seed; models sharing one training are drawn once): "
+            "in-batch unimodal retrieval probabilities p_text / p_image with the chance level "
+            "(dashed, 1 / in-batch candidates), and per-modality gradient norms on the shared "
+            "trainable parameters. The last step of an epoch can be a partial batch: fewer "
+            "candidates, so a higher chance level and p there."))
+    blocks.append(_per_entry_fold(entries))
+    return Section("diagnostics", title, blocks)
+
+
+def _per_entry_fold(entries: list[dict]) -> Fold:
+    verdicts = [[Cell(str(e["model"])), Cell(str(e.get("dataset", ""))),
+                 Cell(str(e.get("seed", ""))), Cell(str(e.get("status", "")),
+                                                     str(e.get("status")) == "fail"),
+                 Cell(str(e["verdict"]))] for e in entries]
+    keys = sorted({k for e in entries for k, v in (e.get("metrics") or {}).items()
+                   if isinstance(v, (int, float))})
+    measures = [[Cell(str(e["model"])), Cell(str(e.get("seed", "")))]
+                + [Cell(num((e.get("metrics") or {}).get(k, "—"))) for k in keys]
+                for e in entries]
+    blocks: list = [Table("diagnostics-entries", "Verdict of every diagnostics entry",
+                          ["model", "dataset", "seed", "status", "verdict"], verdicts,
+                          latex=False)]
+    if keys:
+        blocks.append(Table("diagnostics-measures", "Measures of every diagnostics entry",
+                            ["model", "seed", *keys], measures, latex=False, lead=2))
+    return Fold("Every diagnostics entry: verdicts and measures", blocks)
+
+
+def _chance_levels(ctx: Ctx) -> dict[tuple[str, str], float]:
+    """Chance level of the in-batch retrieval probabilities of each (dataset, model): 1 / the
+    batch size of the training that logged them (a model's stage, if it has one)."""
+    out = {}
+    for d in ctx.res.datasets:
+        for m in ctx.models_of(d):
+            config = card(ctx.res.runs_of(d, m)[0]).get("config", {})
+            size = (config.get("stage_params") or config.get("params") or {}).get("batch_size")
+            if isinstance(size, int) and size > 0:
+                out[(d, m)] = 1.0 / size
+    return out
+
+
+def diagnostics_figures(data: dict, chance: dict[tuple[str, str], float] | None = None
+                        ) -> dict[str, bytes]:
+    """The figures of a ``diagnostics.json`` document (name -> PNG bytes): ``diagnostics``
+    (each model's modality contributions) and ``diagnostics-training`` (the training series,
+    with a chance line from ``training["chance"]`` or ``chance[(dataset, model)]``); a figure
+    without data is absent. Shared by the report and ``bench diagnose``."""
+    entries = data["models"]  # a list (the report's loader turns the {name: entry} form into one)
+    out = {}
+    mods = modalities(entries)
+    if mods:
+        by_dataset: dict[str, list] = {}
+        for (d, m), es in diagnostic_groups(entries):
+            by_dataset.setdefault(d, []).append((m, es))
+        panels = []
+        for d, items in by_dataset.items():
+            values = {}
+            for mod in mods:
+                values[mod] = []
+                for _, es in items:
+                    c = group_contribution(es, mod)
+                    values[mod].append(None if c is None else (c.value, c.low, c.high))
+            panels.append((d or "contributions", [m for m, _ in items], values))
+        out["diagnostics"] = plots.contribution_chart(panels, "contribution of the modality")
+    training = _training_series_panels(entries, chance or {})
+    if training:
+        # two columns: each row is one training (retrieval | gradient norms)
+        out["diagnostics-training"] = plots.line_panels(training, "training step", "value",
+                                                        False, integer_x=True, cols=2)
+    return out
+
+
+def _training_series_panels(entries: list[dict], chance: dict[tuple[str, str], float]) -> list:
+    """Two panels per distinct training (the first seed's entry of each (dataset, model);
+    models whose series are identical, such as a model and the stage it reuses, share one):
+    unimodal retrieval (p_text, p_image, chance) and gradient norms (grad_text, grad_image)."""
+    distinct: dict[str, tuple[dict, list[str]]] = {}
+    seen = set()
+    for e in entries:
+        t = e.get("training") or {}
+        key = (e.get("dataset"), e["model"])
+        if not t or key in seen:
+            continue
+        seen.add(key)
+        ident = json.dumps(t, sort_keys=True)
+        distinct.setdefault(ident, (e, []))[1].append(str(e["model"]))
+    panels = []
+    for e, models in distinct.values():
+        t = e["training"]
+        head = " = ".join(models) + (f" ({e['dataset']})" if e.get("dataset") else "")
+        if len(models) > 1:
+            head += ", one shared training"
+        pair = []
+        for what, names in (("unimodal retrieval", ("p_text", "p_image")),
+                            ("gradient norm", ("grad_text", "grad_image"))):
+            series = []
+            for n in names:
+                pts = [(x, y) for x, y in zip(t["step"], t.get(n, ())) if y is not None]
+                if pts:
+                    series.append(plots.Series(n, [x for x, _ in pts], [y for _, y in pts]))
+            if series and what == "unimodal retrieval":
+                level = t.get("chance", chance.get((e.get("dataset"), e["model"])))
+                if isinstance(level, (int, float)):
+                    level = [level] * len(t["step"])
+                if level:
+                    pts = [(x, y) for x, y in zip(t["step"], level) if y is not None]
+                    series.append(plots.Series("chance", [x for x, _ in pts],
+                                               [y for _, y in pts], kind="reference"))
+            pair.append(plots.Panel(f"{head}\n{what}" + ("" if series else ": not recorded"),
+                                    series))
+        if any(p.series for p in pair):  # both panels, even one empty: one row per training
+            panels += pair
+    return panels
+
+
+# -- training and cost ---------------------------------------------------------------------------
+
+def _count(n) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+def _seeds_list(values: list) -> str:
+    shown = ["—" if v is None else str(v) for v in values]
+    return ", ".join(shown) if any(v is not None for v in values) else "—"
+
+
+def _training(ctx: Ctx) -> Section:
+    res = ctx.res
+    blocks: list = [("What each model cost, per run (from `result.json`): wall seconds of the "
+                     "whole run (build, training, evaluation), training seconds, epochs run and "
+                     "the best validation epoch per seed (early stopping on validation "
+                     f"{name('ndcg@10')}), the epoch cap, and the number of parameters of the "
+                     "model (torch parameters; frozen content features stored as buffers are "
+                     "not counted). Models without training are statistics (counts).")]
+    for d in res.datasets:
+        rows = []
+        for m in ctx.models_of(d):
+            runs = sorted(res.runs_of(d, m), key=lambda r: r.seed)
+            train = [train_info(r) for r in runs]
+            size = card(runs[0]).get("parameters") or {}
+            trained = any(train)
+            rows.append([
+                Cell(m), Cell(pm([r.row.get("wall_seconds") or card(r).get("wall_seconds")
+                                  or math.nan for r in runs], 1)[1]),
+                Cell(pm([t["train_seconds"] for t in train if "train_seconds" in t], 1)[1]
+                     if trained else "not trained"),
+                Cell(_seeds_list([t.get("epochs") for t in train]) if trained else "—"),
+                Cell(_seeds_list([t.get("best_epoch") for t in train]) if trained else "—"),
+                Cell(str(params(runs[0]).get("epochs", "—")) if trained else "—"),
+                Cell(_count(size.get("total"))), Cell(_count(size.get("trainable")))])
+        blocks.append(Table(slug("cost", d), f"Cost per run on {d} (mean ± 95% CI over seeds; "
+                            "per-seed lists in seed order)",
+                            ["model", "wall s", "training s", "epochs run", "best epoch",
+                             "epoch cap", "parameters", "trainable"], rows))
+    if not any(card(r).get("parameters") for r in res.runs):
+        blocks.append("Parameter counts are missing: these runs predate their recording in "
+                      "the card (`parameters`); re-run the suite to fill them.")
+    blocks += _training_curves(ctx)
+    return Section("training", "Training and cost", blocks)
+
+
+def _training_curves(ctx: Ctx) -> list:
     """Training loss and validation metric per epoch (mean over seeds) from ``result.json``."""
-    res, name = ctx.res, _name(ctx.metric)
+    res, metric = ctx.res, name(ctx.metric)
     panels = []
     for d in res.datasets:
         for key, label in (("train_loss", "training loss"), (f"valid_{ctx.metric}",
-                                                               f"validation {name}")):
+                                                               f"validation {metric}")):
             series = []
             for m in res.models:
                 by_epoch: dict[int, list[float]] = {}
                 for run in res.runs_of(d, m):
-                    for row in ((run.result or {}).get("train") or {}).get("history") or []:
+                    for row in train_info(run).get("history") or []:
                         if key in row and "epoch" in row:
                             by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
                 if by_epoch:
@@ -426,84 +729,12 @@ def _training_curves(ctx: _Ctx) -> list:
         return []
     return [Figure("training", plots.line_panels(panels, "epoch", "", True, integer_x=True),
                    f"Training curves of the trained models (from each run's `result.json`): "
-                   f"training loss and validation {name} per epoch, mean over seeds.")]
+                   f"training loss and validation {metric} per epoch, mean over seeds.")]
 
 
-def _diagnostics(ctx: _Ctx) -> Section:
-    title = "Modality diagnostics"
-    data = ctx.res.diagnostics
-    if data is None:
-        return Section("diagnostics", title, [_missing("diagnostics", "diagnostics.json", ctx),
-                                              *_training_curves(ctx)])
-    rows = []
-    for e in data["models"]:
-        where = " / ".join(str(e[k]) for k in ("dataset", "seed") if k in e)
-        metrics = "; ".join(f"{k}={_num(v)}" for k, v in sorted(e.get("metrics", {}).items()))
-        status = str(e.get("status", ""))
-        rows.append([Cell(str(e["model"])), Cell(where), Cell(status, status == "fail"),
-                     Cell(str(e["verdict"])), Cell(metrics)])
-    blocks: list = [("Verdicts and measures of each model's use of its modalities (from "
-                    "`diagnostics.json`)."),
-                    Table("diagnostics", "Diagnostics verdicts",
-                          ["model", "dataset / seed", "status", "verdict", "measures"], rows)]
-    figures = diagnostics_figures(data)
-    if "diagnostics" in figures:
-        blocks.append(Figure("diagnostics", figures["diagnostics"],
-                             "Per-step diagnostic series of each model."))
-    if "diagnostics-training" in figures:
-        blocks.append(Figure("diagnostics-training", figures["diagnostics-training"],
-            "Recorded during training (first seed of each model): in-batch unimodal retrieval "
-            "probabilities p_text / p_image, and per-modality gradient norms on the shared "
-            "trainable parameters, each branch's loss back-propagated separately."))
-    return Section("diagnostics", title, blocks + _training_curves(ctx))
+# -- sweeps --------------------------------------------------------------------------------------
 
-
-def diagnostics_figures(data: dict) -> dict[str, bytes]:
-    """The figures of a ``diagnostics.json`` document (name -> PNG bytes): ``diagnostics``
-    (each entry's ``series``) and ``diagnostics-training`` (the training series); a figure
-    without data is absent. Shared by the report and ``bench diagnose``."""
-    entries = data["models"]  # a list (the report's loader turns the {name: entry} form into one)
-    panels = []
-    for e in entries:
-        where = " / ".join(str(e[k]) for k in ("dataset", "seed") if k in e)
-        series = [plots.Series(k, list(range(len(v))), v) for k, v in e.get("series", {}).items()]
-        if series:
-            panels.append(plots.Panel(f"{e['model']} ({where})" if where else str(e["model"]),
-                                      series))
-    out = {}
-    if panels:
-        out["diagnostics"] = plots.line_panels(panels, str(data.get("step", "step")), "value",
-                                               False, integer_x=True)
-    training = _training_series_panels(entries)
-    if training:
-        out["diagnostics-training"] = plots.line_panels(training, "training step", "value",
-                                                        False, integer_x=True)
-    return out
-
-
-def _training_series_panels(entries: list[dict]) -> list:
-    """Two panels per (dataset, model) with training series, from its first seed's entry:
-    unimodal retrieval (p_text, p_image) and gradient norms (grad_text, grad_image)."""
-    panels, seen = [], set()
-    for e in entries:
-        t = e.get("training") or {}
-        key = (e.get("dataset"), e["model"])
-        if not t or key in seen:
-            continue
-        seen.add(key)
-        for what, names in (("unimodal retrieval", ("p_text", "p_image")),
-                            ("gradient norm", ("grad_text", "grad_image"))):
-            series = []
-            for name in names:
-                pts = [(x, y) for x, y in zip(t["step"], t.get(name, ())) if y is not None]
-                if pts:
-                    series.append(plots.Series(name, [x for x, _ in pts], [y for _, y in pts]))
-            if series:
-                panels.append(plots.Panel(f"{e['model']} ({e.get('dataset')})\n{what}", series))
-    return panels
-
-
-def _sweeps(ctx: _Ctx) -> Section:
+def _sweeps(ctx: Ctx) -> Section:
     title = "Hyper-parameter sweeps"
     data = ctx.res.sweep
     if data is None:
@@ -518,19 +749,23 @@ def _sweeps(ctx: _Ctx) -> Section:
         best = s.get("best_value")
         if best is None and done:
             best = (max if maximize else min)(t["value"] for t in done)
-        params = ", ".join(f"{k}={_num(v)}" for k, v in sorted((s.get("best_params") or {})
-                                                                .items())) or "—"
+        best_params = ", ".join(f"{k}={num(v)}" for k, v in sorted((s.get("best_params") or {})
+                                                                    .items())) or "—"
         label = f"{s['model']} / {s.get('dataset', '')}".rstrip(" /")
         states = s.get("states") or {}
         n_trials = len(trials) or sum(states.values())
         n_done = len(done) or states.get("COMPLETE", 0)
         importances = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
             (s.get("importances") or {}).items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+        runs = ctx.res.runs_of(s.get("dataset", ""), s["model"]) if s.get("dataset") else \
+            [r for r in ctx.res.runs if r.model == s["model"]]
+        used = ("no runs in the tables" if not runs else
+                "yes" if group_use(ctx.res, runs).tuned else "no: defaults")
         rows.append([Cell(str(s["model"])), Cell(str(s.get("dataset", ""))),
                      Cell(str(s.get("metric", data.get("objective", "valid ndcg@10")))),
                      Cell(str(n_trials)), Cell(str(n_done)),
-                     Cell("—" if best is None else f"{best:.4f}"), Cell(params),
-                     Cell(importances or "—")])
+                     Cell("—" if best is None else f"{best:.4f}"), Cell(best_params),
+                     Cell(importances or "—"), Cell(used)])
         if done:
             xs, ys = [t.get("number", i) for i, t in enumerate(done)], [t["value"] for t in done]
             running = (np.maximum if maximize else np.minimum).accumulate(ys).tolist()
@@ -539,10 +774,16 @@ def _sweeps(ctx: _Ctx) -> Section:
                 plots.Series("best so far", xs, running, kind="step",
                              style=style["best so far"])]))
     blocks: list = [(f"Optuna studies on validation only (from `{ctx.res.sweep_path}`); the test "
-                    "set is never used for selection."),
-                    Table("sweeps", "Sweep studies", ["model", "dataset", "objective", "trials",
-                                                      "complete", "best value", "best params",
-                                                      "top importances"], rows)]
+                     "set is never used for selection. \"In the tables\": whether the runs this "
+                     "report's tables show used the study's best configuration (`bench run "
+                     f"--suite {ctx.res.name} --tuned` re-runs the suite with them).")]
+    if data.get("final"):
+        blocks.append(f"The sweep's own final seeded runs are in `{data['final'].get('summary')}`"
+                      " (a separate results folder, not in these tables unless this report was "
+                      "rendered from it).")
+    blocks.append(Table("sweeps", "Sweep studies", [
+        "model", "dataset", "objective", "trials", "complete", "best value", "best params",
+        "top importances", "in the tables"], rows))
     if panels:
         blocks.append(Figure("sweeps", plots.line_panels(panels, "trial", "objective", True,
                                                          integer_x=True),
@@ -550,43 +791,129 @@ def _sweeps(ctx: _Ctx) -> Section:
     return Section("sweeps", title, blocks)
 
 
-def _provenance(ctx: _Ctx) -> Section:
-    blocks: list = [("One card per result (BARS-style), from each run's `result.json`: dataset "
-                    "and split hashes, config hash and full config, code version, packages, "
-                    "hardware, seed, wall time and MLflow run id.")]
-    rows, cards = [], []
-    for run in ctx.res.runs:
-        title = f"{run.dataset} / {run.model} / seed {run.seed}"
-        if run.result is None:
-            rows.append([Cell(run.dataset), Cell(run.model), Cell(str(run.seed))]
-                        + [Cell("result.json missing")] + [Cell("—")] * 5)
-            cards.append(Card(title, [("result.json", f"missing in {run.run_dir}")], "{}"))
+# -- provenance ----------------------------------------------------------------------------------
+
+LONG_TEXT = 40  # a card value longer than this (a note, an encoder's description) gets a row
+
+
+def _has_long(obj: dict) -> bool:
+    return any((isinstance(v, str) and len(v) > LONG_TEXT) or
+               (isinstance(v, dict) and _has_long(v)) for k, v in obj.items() if k != "probes")
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Rows ``(path, value)`` of a nested card section: one row per section (each top-level
+    one, and deeper ones holding a long text) with its short values as ``k=v``, a row of its
+    own for each long text; probes are a table of their own, unset or empty values are left
+    out."""
+    rows, short = [], {}
+    for k, v in sorted(obj.items()):
+        if k == "probes" or empty(v):
             continue
-        p, train = run.result.get("provenance", {}), run.result.get("train", {})
-        ds, split, code = p.get("dataset", {}), p.get("split", {}), p.get("code", {})
+        if isinstance(v, dict) and (not prefix or _has_long(v)):  # a row per top section
+            rows += _flatten(v, f"{prefix}{k}.")
+        elif isinstance(v, str) and len(v) > LONG_TEXT:
+            rows.append((f"{prefix}{k}", v))
+        else:
+            short[k] = v
+    return ([(prefix.rstrip("."), kv(short))] if short else []) + rows
+
+
+def _probe_tables(content: dict, table_id: str) -> list[Table]:
+    tables = []
+
+    def visit(obj: dict, path: str) -> None:
+        probes = obj.get("probes")
+        if isinstance(probes, dict) and probes:
+            rows = [[Cell(k), Cell(num(p.get("accuracy"))), Cell(num(p.get("chance"))),
+                     Cell("yes" if p.get("control") else "no"),
+                     Cell(f"{p.get('train_items', '—')} / {p.get('test_items', '—')}")]
+                    for k, p in sorted(probes.items()) if isinstance(p, dict)]
+            tables.append(Table(slug(table_id, path or "probes"),
+                                f"Linear probes of the content features{f' ({path})' if path else ''}"
+                                ": accuracy on cold items; control = an attribute the modality "
+                                "should not carry",
+                                ["probe", "accuracy", "chance", "control", "train / test items"],
+                                rows, latex=False))
+        for k, v in sorted(obj.items()):
+            if isinstance(v, dict) and k != "probes":
+                visit(v, f"{path}.{k}" if path else k)
+
+    visit(content, "")
+    return tables
+
+
+def _provenance(ctx: Ctx) -> Section:
+    res = ctx.res
+    blocks: list = [("Where each result came from (BARS-style): an index of every run, then one "
+                     "card per model and dataset (the fields its seeds share, a per-seed table, "
+                     "the content its features come from with their linear probes, and the raw "
+                     "card of its first seed behind a fold).")]
+    index, cards = [], []
+    for run in res.runs:
+        p = card(run)
+        if run.result is None:
+            index.append([Cell(run.dataset), Cell(run.model), Cell(str(run.seed)),
+                          Cell("result.json missing")] + [Cell("—")] * 5)
+            continue
+        code = p.get("code", {})
         commit = str(code.get("commit"))[:10] + (" (dirty)" if code.get("dirty") else "")
-        rows.append([Cell(x) for x in (
-            run.dataset, run.model, str(run.seed), str(ds.get("content_hash"))[:12],
-            str(split.get("checksum"))[:12], str(p.get("config_hash")), commit,
+        index.append([Cell(x) for x in (
+            run.dataset, run.model, str(run.seed), str(p.get("dataset", {}).get("content_hash"))[:12],
+            str(p.get("split", {}).get("checksum"))[:12], str(p.get("config_hash")), commit,
             f"{p.get('wall_seconds', float('nan')):.1f}", str(p.get("mlflow_run_id")))])
-
-        def kv(obj) -> str:
-            return ", ".join(f"{k}={_num(v)}" for k, v in sorted((obj or {}).items()))
-
-        fields = [("dataset", f"{ds.get('name')} (content hash {ds.get('content_hash')})"),
-                  ("counts", kv(ds.get("counts"))), ("modality coverage", kv(ds.get("coverage"))),
-                  ("data findings", "; ".join(ds.get("findings") or []) or "none"),
-                  ("split", kv(split)), ("config hash", str(p.get("config_hash"))),
-                  ("code", f"commit {code.get('commit')}, dirty={code.get('dirty')}"),
-                  ("packages", kv(p.get("packages"))), ("hardware", kv(p.get("hardware"))),
-                  ("seed", str(p.get("seed", run.seed))),
-                  ("wall time", f"{p.get('wall_seconds', float('nan')):.1f} s"),
-                  ("training", f"best epoch {train.get('best_epoch')} of {train.get('epochs')}"
-                   if train else "not trained (statistics only)"),
-                  ("MLflow run", f"{p.get('mlflow_run_id')} ({p.get('tracking_uri')})")]
-        cards.append(Card(title, fields, json.dumps(p.get("config", {}), indent=2,
-                                                     sort_keys=True, default=str)))
-    blocks.append(Table("provenance", "Where each result came from (details in the cards below)",
+    blocks.append(Table("provenance", "Every run (details in the cards below)",
                         ["dataset", "model", "seed", "data hash", "split checksum",
-                         "config hash", "commit", "wall s", "MLflow run"], rows, latex=False))
+                         "config hash", "commit", "wall s", "MLflow run"], index, latex=False,
+                        lead=3))
+    for d in res.datasets:
+        for m in ctx.models_of(d):
+            cards.append(_card(ctx, d, m))
     return Section("provenance", "Provenance cards", blocks + cards)
+
+
+def _card(ctx: Ctx, d: str, m: str) -> Card:
+    res = ctx.res
+    runs = sorted(res.runs_of(d, m), key=lambda r: r.seed)
+    card_id, title = slug(d, m), f"{m} on {d}"
+    done = [r for r in runs if r.result]
+    if not done:
+        return Card(card_id, title, [("result.json", "missing in "
+                                      + ", ".join(str(r.run_dir) for r in runs))])
+    p = card(done[0])
+    ds, split, config = p.get("dataset", {}), p.get("split", {}), p.get("config", {})
+    commits = sorted({str(card(r).get("code", {}).get("commit")) + (
+        " (dirty)" if card(r).get("code", {}).get("dirty") else "") for r in done})
+    size = p.get("parameters") or {}
+    fields = [("dataset", f"{ds.get('name')} (content hash {ds.get('content_hash')})"),
+              ("counts", kv(ds.get("counts"))), ("modality coverage", kv(ds.get("coverage"))),
+              ("data findings", "; ".join(ds.get("findings") or []) or "none"),
+              ("split", kv(split)), ("evaluation", kv(config.get("evaluation"))),
+              ("configuration", group_use(res, runs).label),
+              ("parameters", kv(config.get("params")) or "none")]
+    if config.get("stage_params"):
+        fields.append(("stage parameters", kv(config["stage_params"])))
+    if config.get("perturbation"):
+        fields.append(("perturbation", kv(config["perturbation"])))
+    if p.get("tuning"):
+        fields.append(("tuning", kv(p["tuning"])))
+    content = p.get("content") or {}
+    fields += [(f"content: {k}" if k else "content", v) for k, v in _flatten(content)] or \
+        [("content", "none (the model reads no content features)")]
+    if size:
+        fields.append(("model size", (f"{_count(size.get('total'))} parameters, "
+                                      f"{_count(size.get('trainable'))} trainable")))
+    fields += [("code", ", ".join(commits)), ("packages", kv(p.get("packages"))),
+               ("hardware", kv(p.get("hardware"))),
+               ("MLflow tracking", str(p.get("tracking_uri")))]
+    seeds = [[Cell(str(r.seed)), Cell(str(card(r).get("config_hash"))),
+              Cell(f"{card(r).get('wall_seconds', float('nan')):.1f}"),
+              Cell(str(train_info(r).get("epochs", "—"))),
+              Cell(str(train_info(r).get("best_epoch", "—"))),
+              Cell(str(card(r).get("mlflow_run_id")))] for r in done]
+    tables = [Table(slug("seeds", d, m), f"Runs of {m} on {d}",
+                    ["seed", "config hash", "wall s", "epochs", "best epoch", "MLflow run"],
+                    seeds, latex=False)]
+    tables += _probe_tables(content, slug("probes", d, m))
+    raw = json.dumps(p, indent=1, sort_keys=True, default=str)
+    return Card(card_id, title, fields, tables, raw)

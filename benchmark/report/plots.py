@@ -94,7 +94,7 @@ class Series:
     x: Sequence[float]
     y: Sequence[float]
     yerr: Sequence[float] | None = None
-    kind: str = "line"
+    kind: str = "line"  # line, points, step, or reference (a thin grey dashed level: chance)
     style: Style | None = None
 
 
@@ -138,38 +138,21 @@ def forest_plot(panels: list[tuple[str, list[tuple[str, float, float, float, boo
         return _png(fig)
 
 
-def grouped_bars(panels: list[tuple[str, list[str], dict[str, list[tuple[float, float]]]]],
-                 ylabel: str, model_styles: dict[str, Style]) -> bytes:
-    """Per panel, groups on the x axis and one hatched bar per model (mean, CI error bar)."""
-    import numpy as np
-
-    with _style():
-        fig, axes = _grid(len(panels), width=6.2, height=3.4, cols=2)
-        for ax, (title, groups, values) in zip(axes, panels):
-            width = 0.8 / max(1, len(values))
-            x = np.arange(len(groups))
-            for i, (model, cells) in enumerate(values.items()):
-                s = model_styles[model]
-                ax.bar(x + (i - (len(values) - 1) / 2) * width, [c[0] for c in cells], width,
-                       yerr=[c[1] for c in cells], color=s.color, hatch=s.hatch,
-                       edgecolor="0.15", linewidth=0.6, label=model)
-            ax.set_xticks(x, groups)
-            ax.set_title(title)
-            ax.set_ylabel(ylabel)
-        _legend(fig, axes, len(model_styles))
-        return _png(fig)
-
-
 def line_panels(panels: list[Panel], xlabel: str, ylabel: str, shared_legend: bool,
-                integer_x: bool = False) -> bytes:
+                integer_x: bool = False, cols: int = 3) -> bytes:
     """Small multiples of lines, points or steps (robustness, diagnostics, sweep histories)."""
     from matplotlib.ticker import MaxNLocator
 
-    fallback = styles(list(dict.fromkeys(s.label for p in panels for s in p.series)))
+    fallback = styles(list(dict.fromkeys(s.label for p in panels for s in p.series
+                                         if s.kind != "reference")))
     with _style():
-        fig, axes = _grid(len(panels))
+        fig, axes = _grid(len(panels), cols=cols)
         for ax, panel in zip(axes, panels):
             for s in panel.series:
+                if s.kind == "reference":
+                    ax.step(s.x, s.y, where="post", color="0.35", ls=(0, (4, 2)), lw=1.1,
+                            label=s.label)
+                    continue
                 st = s.style or fallback[s.label]
                 if s.kind == "points":
                     ax.plot(s.x, s.y, st.marker, color=st.color, ms=4, alpha=0.8,
@@ -185,8 +168,81 @@ def line_panels(panels: list[Panel], xlabel: str, ylabel: str, shared_legend: bo
             ax.set_ylabel(ylabel)
             if integer_x:
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if not shared_legend:
+                xs = {x for s in panel.series for x in s.x}
+                if len(xs) == 1:  # one epoch: a unit-wide axis, not matplotlib's +-0.05
+                    ax.set_xlim(min(xs) - 1, min(xs) + 1)
+            if not shared_legend and panel.series:
                 ax.legend(fontsize="small")
         if shared_legend:
             _legend(fig, axes, len(fallback))
+        return _png(fig)
+
+
+def heatmap(panels: list[tuple[str, list[str], list[str], list[list[float]], list[list[str]]]],
+            cbar_label: str, diverging: bool = False) -> bytes:
+    """Per panel, a rows x columns grid coloured by value and annotated with each cell's text
+    (NaN cells blank). ``diverging``: a red-blue scale centred on 0 (differences), else a
+    sequential colour-blind-safe scale (viridis)."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    with _style():
+        n_cols = max(len(p[2]) for p in panels)
+        n_rows = max(len(p[1]) for p in panels)
+        fig, axes = _grid(len(panels), width=max(5.0, 0.95 * n_cols + 2.6),
+                          height=max(2.6, 0.42 * n_rows + 1.8), cols=1)
+        for ax, (title, rows, cols, values, notes) in zip(axes, panels):
+            v = np.array(values, dtype=float)
+            finite = v[np.isfinite(v)]
+            if diverging:
+                bound = float(np.abs(finite).max()) if finite.size and finite.any() else 1.0
+                norm, cmap = TwoSlopeNorm(0.0, -bound, bound), "RdBu_r"
+            else:
+                norm, cmap = None, "viridis"
+            image = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, norm=norm, aspect="auto")
+            ax.grid(False)
+            ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right")
+            ax.set_yticks(range(len(rows)), rows)
+            lo, hi = image.get_clim()
+            for i in range(len(rows)):
+                for j in range(len(cols)):
+                    if not notes[i][j]:
+                        continue
+                    level = (v[i, j] - lo) / (hi - lo) if hi > lo and np.isfinite(v[i, j]) else 0
+                    dark = abs(level - 0.5) > 0.3 if diverging else level < 0.6
+                    ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=7.5,
+                            color="white" if dark else "black")
+            ax.set_title(title)
+            fig.colorbar(image, ax=ax, label=cbar_label, shrink=0.8)
+        return _png(fig)
+
+
+def contribution_chart(panels: list[tuple[str, list[str], dict[str, list]]], xlabel: str
+                       ) -> bytes:
+    """Per panel, one row per model and one marker per modality: the contribution with its
+    CI as a horizontal error bar (``(value, low, high)`` or None when not measured), a
+    vertical line at 0 (no contribution; left of it, the modality lowers accuracy)."""
+    modalities = list(dict.fromkeys(m for p in panels for m in p[2]))
+    style = styles(modalities)
+    with _style():
+        n_rows = max(len(p[1]) for p in panels)
+        fig, axes = _grid(len(panels), width=7.0, height=max(2.4, 0.5 * n_rows + 1.4), cols=1)
+        for ax, (title, models, values) in zip(axes, panels):
+            ax.axvline(0, color="0.2", lw=1)
+            offsets = {m: (i - (len(values) - 1) / 2) * 0.22 for i, m in enumerate(values)}
+            for m, points in values.items():
+                s = style[m]
+                for y, p in enumerate(points):
+                    if p is None:
+                        continue
+                    value, low, high = p
+                    err = None if low is None else [[value - low], [high - value]]
+                    ax.errorbar([value], [y + offsets[m]], xerr=err, fmt=s.marker, color=s.color,
+                                ms=7, label=m if y == next(i for i, q in enumerate(points)
+                                                           if q is not None) else None)
+            ax.set_yticks(range(len(models)), models)
+            ax.set_ylim(len(models) - 0.5, -0.5)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+        _legend(fig, axes, len(modalities))
         return _png(fig)

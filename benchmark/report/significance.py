@@ -7,7 +7,7 @@ works on the differences ``d = a - b``. Random procedures take a seed, so a repo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -118,9 +118,23 @@ class Comparison:
     p_t_holm: float = math.nan
     p_perm_holm: float = math.nan
 
+    @property
+    def p_holm(self) -> float:
+        """The deciding corrected p-value: the larger of the two tests' Holm p-values."""
+        return max(self.p_t_holm, self.p_perm_holm)
+
     def significant(self, alpha: float = 0.05) -> bool:
         """Both tests reject after Holm correction (the report's only use of the word)."""
         return self.p_t_holm <= alpha and self.p_perm_holm <= alpha
+
+    def flipped(self) -> Comparison:
+        """The same comparison read the other way (reference - model): the differences change
+        sign, so do the mean, its bootstrap CI (same resamples) and d_z; the p-values stay.
+        (``0.0 - x``, not ``-x``: a zero difference must not print as ``-0.0000``.)"""
+        return replace(self, model=self.reference, reference=self.model,
+                       mean_model=self.mean_reference, mean_reference=self.mean_model,
+                       diff=0.0 - self.diff, ci_low=0.0 - self.ci_high,
+                       ci_high=0.0 - self.ci_low, dz=0.0 - self.dz)
 
 
 def compare(dataset: str, model: str, reference: str, a, b, n_resamples: int = N_RESAMPLES,

@@ -2,15 +2,17 @@
 
 Any supported Hugging Face image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3;
 hub name or local folder) is loaded through the standard ``from_pretrained`` path. An entity's
-embedding is the last-layer hidden state of the last token of its prompt (left padding, so the
-last position), L2-normalised. External fusion (default) encodes the text and the image(s) of an
+embedding is the last-layer hidden state of the last token of its prompt, L2-normalised. External fusion (default) encodes the text and the image(s) of an
 entity in separate prompts and sums the two unit vectors; internal fusion (the paper's ablation)
 encodes one joint prompt. A missing modality is a missing branch: it is never fed to the model.
 
-Each branch of a batch is one forward pass (all its prompts padded together). LoRA (peft) sits on
+Prompts are token ids built from cached pieces (``tokens.py``: every text and template piece is
+tokenised once); the prompts of a batch, all its branches together, are grouped by length into
+as few right-padded forward passes as pay (``length_buckets``). LoRA (peft) sits on
 the attention and MLP projections of the language model only; ``lora=None`` leaves the whole
 backbone frozen (a raw VLM embedder) and ``trainable_parameters()`` is then empty. Since the vision
-tower is always frozen, its output for each image is computed once and cached (LRU by path).
+tower is always frozen, its output for each image is computed once and cached (LRU by
+``str(image)``, which names the perturbation of a perturbed image).
 Prompt templates live in ``prompts.py``.
 
 Tiny models run far faster with ``torch.set_num_threads(1)`` on a busy 2-core machine (OpenMP
@@ -19,6 +21,7 @@ spinning made them ~15x slower with 2 threads while other processes were running
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import warnings
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import prompts
+from .tokens import PromptTokens
 
 DEFAULT_LORA: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "auto"}
 #: Linear layers LoRA targets under ``targets="auto"`` (those present in the language model).
@@ -119,14 +123,16 @@ class _Family:
         raise NotImplementedError
 
     def model_inputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+        self, ids: torch.Tensor, valid: torch.Tensor, payloads: list[Any]
     ) -> dict[str, Any]:
+        """Model inputs of right-padded prompts (``valid``: the real tokens). No attention mask:
+        causal attention keeps every real token from the padding after it."""
         raise NotImplementedError
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding (pad positions get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def _positions(valid: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore padding (pad positions get 0)."""
+    return (valid.long().cumsum(-1) - 1).clamp(min=0) * valid
 
 
 def _precomputed(features: list[torch.Tensor]) -> dict[str, Any]:
@@ -146,7 +152,7 @@ class _QwenVL(_Family):
         factor = int(image_processor.patch_size) * self.merge
         # a square multiple of patch * merge: the processor's smart_resize keeps it unchanged
         self.side = max(factor, round(image_size / factor) * factor)
-        self._grids: dict[tuple[int, int, int], np.ndarray] = {}
+        self._layouts: dict[tuple, np.ndarray] = {}  # row layout -> positions
 
     def preprocess(self, images: list[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from PIL import Image
@@ -172,16 +178,15 @@ class _QwenVL(_Family):
         return [self.image_token_id] * payload[0].shape[0]
 
     def model_inputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+        self, ids: torch.Tensor, valid: torch.Tensor, payloads: list[Any]
     ) -> dict[str, Any]:
-        if not payloads:  # text only: padding-aware 1-D positions (the model would ignore padding)
-            return {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+        if not payloads:  # text only: 1-D positions (all three M-RoPE axes equal)
+            return {"input_ids": ids, "position_ids": _positions(valid)}
         grids = torch.stack([g for _, g in payloads])
         mm_types = (ids == self.image_token_id).int()
         return {
             "input_ids": ids,
-            "attention_mask": mask,
-            "position_ids": self.mrope_positions(mm_types, mask, grids),
+            "position_ids": self.mrope_positions(mm_types, valid, grids),
             "mm_token_type_ids": mm_types,
             "image_grid_thw": grids,
             "mm_encoder_outputs": _precomputed([f for f, _ in payloads]),
@@ -193,33 +198,50 @@ class _QwenVL(_Family):
         """(3, B, L) M-RoPE position ids as the model's ``get_rope_index`` computes them for
         images (text: one step per token on all axes; an image: (t, h, w) offsets from the
         current position, which then advances by max(h, w)), with numpy instead of per-image
-        torch ops (the model's version dominated the cost of a tiny model's forward)."""
+        torch ops (the model's version dominated the cost of a tiny model's forward), and
+        memoised per row layout (token types and image shapes): prompts repeat their layout."""
         types, valid = mm_types.numpy().astype(bool), mask.numpy().astype(bool)
         n_rows, length = types.shape
         out = np.zeros((3, n_rows, length), dtype=np.int64)
         shapes = [(t, h // self.merge, w // self.merge) for t, h, w in grids.tolist()]
+        n_images = (types & valid).sum(1)
         k = 0
         for b in range(n_rows):
             cols = np.flatnonzero(valid[b])
+            if not n_images[b]:  # a text row: one step per token
+                out[:, b, cols] = np.arange(len(cols))
+                continue
             img = types[b, cols]
-            pos = np.empty((3, len(cols)), dtype=np.int64)
-            bounds = np.flatnonzero(np.diff(img.astype(np.int8))) + 1
-            cur = 0
-            for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(cols)]):
-                if not img[s]:
-                    pos[:, s:e] = np.arange(cur, cur + e - s)
-                    cur += e - s
-                    continue
-                while s < e:  # one run may hold several adjacent images
-                    t, h, w = shapes[k]
-                    k += 1
-                    if (grid := self._grids.get((t, h, w))) is None:
-                        grid = self._grids[t, h, w] = np.indices((t, h, w)).reshape(3, -1)
-                    pos[:, s : s + grid.shape[1]] = grid + cur
-                    cur += max(h, w)
-                    s += grid.shape[1]
+            n_tokens, m = int(n_images[b]), 0
+            while n_tokens > 0:  # this row's images
+                n_tokens -= int(np.prod(shapes[k + m]))
+                m += 1
+            key = (img.tobytes(), tuple(shapes[k : k + m]))
+            if (pos := self._layouts.get(key)) is None:
+                pos = self._layouts[key] = self._row_positions(img, shapes[k : k + m])
+            k += m
             out[:, b, cols] = pos
+        if len(self._layouts) > 4096:
+            self._layouts.clear()
         return torch.from_numpy(out)
+
+    def _row_positions(self, img: np.ndarray, shapes: list[tuple[int, int, int]]) -> np.ndarray:
+        pos = np.empty((3, len(img)), dtype=np.int64)
+        bounds = np.flatnonzero(np.diff(img.astype(np.int8))) + 1
+        cur, k = 0, 0
+        for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(img)]):
+            if not img[s]:
+                pos[:, s:e] = np.arange(cur, cur + e - s)
+                cur += e - s
+                continue
+            while s < e:  # one run may hold several adjacent images
+                t, h, w = shapes[k]
+                k += 1
+                grid = np.indices((t, h, w)).reshape(3, -1)
+                pos[:, s : s + grid.shape[1]] = grid + cur
+                cur += max(h, w)
+                s += grid.shape[1]
+        return pos
 
 
 class _Idefics3(_Family):
@@ -259,9 +281,9 @@ class _Idefics3(_Family):
         return self._before + [self.image_token_id] * payload.shape[0] + self._after
 
     def model_inputs(
-        self, ids: torch.Tensor, mask: torch.Tensor, payloads: list[Any]
+        self, ids: torch.Tensor, valid: torch.Tensor, payloads: list[Any]
     ) -> dict[str, Any]:
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+        inputs = {"input_ids": ids, "position_ids": _positions(valid)}
         if payloads:
             inputs["mm_encoder_outputs"] = _precomputed(list(payloads))
         return inputs
@@ -295,6 +317,11 @@ class VLMEmbedder(nn.Module):
         gradient_checkpointing: non-reentrant activation checkpointing in train mode.
         trust_remote_code: passed to every ``from_pretrained``; False unless asked.
         image_cache_mb: budget of the per-image vision-output cache (on the model's device).
+        bucket_overhead_tokens: prompts are grouped into forward passes by length; one more
+            pass is taken when it saves more than this many padding tokens.
+        random_weights: build the backbone from ``model``'s config with random weights (seeded
+            by the torch RNG; throughput checks at a real model's shape, nothing downloaded),
+            on ``init_device``.
 
     The module starts in eval mode; call ``.train()`` for LoRA training (dropout, gradient
     checkpointing). No gradient context is imposed: wrap inference in ``torch.no_grad()``.
@@ -312,6 +339,9 @@ class VLMEmbedder(nn.Module):
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         image_cache_mb: float = 1024.0,
+        bucket_overhead_tokens: int = 128,
+        random_weights: bool = False,
+        init_device: str = "cpu",
     ):
         super().__init__()
         from transformers import (
@@ -339,9 +369,13 @@ class VLMEmbedder(nn.Module):
             raise ValueError(
                 f"unsupported VLM family {config.model_type!r}; supported: {sorted(_FAMILIES)}"
             )
-        hf = AutoModelForImageTextToText.from_pretrained(
-            model, config=config, dtype=_DTYPES[dtype], **remote
-        )
+        if random_weights:
+            with torch.device(init_device):
+                hf = AutoModelForImageTextToText.from_config(config, dtype=_DTYPES[dtype])
+        else:
+            hf = AutoModelForImageTextToText.from_pretrained(
+                model, config=config, dtype=_DTYPES[dtype], **remote
+            )
         tokenizer = AutoTokenizer.from_pretrained(model, **remote)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -375,9 +409,17 @@ class VLMEmbedder(nn.Module):
             with warnings.catch_warnings():  # peft calls a transformers name deprecated in v5
                 warnings.simplefilter("ignore", FutureWarning)
                 self._peft = get_peft_model(hf, lora_cfg)
+        # half-precision weights run under autocast (``_forward``), LoRA weights stay float32:
+        # peft's cast of every LoRA input to float32 would only be cast back by autocast
+        self._autocast = _DTYPES[dtype] if _DTYPES[dtype] != torch.float32 else None
+        if self._peft is not None and self._autocast is not None:
+            for module in self._peft.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
         self.backbone = self._peft if self._peft is not None else hf
         # the multimodal trunk without the LM head (LoRA layers are injected in place)
         self.__dict__["_core"] = hf.model
+        self.__dict__["_anchor"] = next(hf.parameters())
         self._dim = int(hf.get_decoder().config.hidden_size)
 
         marker = Path(str(model)) / "harness_tiny.json"
@@ -385,7 +427,10 @@ class VLMEmbedder(nn.Module):
         self._special = re.compile(
             "|".join(re.escape(t) for t in sorted(self._special_tokens(), key=len, reverse=True))
         )
-        self._text_cache: OrderedDict[str, str | None] = OrderedDict()
+        self.tokens = PromptTokens(tokenizer, self.family.prompt_family, self.max_text_tokens,
+                                   self._special)
+        # one more forward pass is worth this many padding tokens (length_buckets)
+        self.bucket_overhead_tokens = int(bucket_overhead_tokens)
         self._image_cache: OrderedDict[str, Any] = OrderedDict()
         self._image_cache_bytes = 0
         self.image_cache_bytes_max = int(image_cache_mb * 2**20)
@@ -400,7 +445,9 @@ class VLMEmbedder(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        # one parameter held by reference (``.to()`` moves it in place): walking the module
+        # tree for the first parameter cost ~0.2 ms per call, several calls per batch
+        return self._anchor.device
 
     def info(self) -> dict[str, Any]:
         """Provenance of the backbone (results must report ``stand_in``)."""
@@ -505,18 +552,8 @@ class VLMEmbedder(nn.Module):
     def _texts(self, raw: list[str | None]) -> list[str | None]:
         """Cleaned texts (whitespace collapsed, special tokens removed, at most
         ``max_text_tokens`` tokens); None where the text is missing or blank."""
-        cache = self._text_cache
-        todo = sorted({t for t in raw if t and t not in cache})
-        if todo:
-            cleaned = [" ".join(self._special.sub(" ", t).split()) for t in todo]
-            ids = self.tokenizer(cleaned, add_special_tokens=False)["input_ids"]
-            for key, text, tid in zip(todo, cleaned, ids):
-                if len(tid) > self.max_text_tokens:
-                    text = self.tokenizer.decode(tid[: self.max_text_tokens]).strip()
-                cache[key] = text or None
-            while len(cache) > 200_000:
-                cache.popitem(last=False)
-        return [cache[t] if t else None for t in raw]
+        self.tokens.sync()
+        return self.tokens.texts(raw)
 
     def _images(self, images: list[Any]) -> list[Any]:
         """Per-image vision-tower outputs (LRU-cached by ``str(image)``: the tower is frozen);
@@ -567,51 +604,87 @@ class VLMEmbedder(nn.Module):
 
     # ------------------------------------------------------------------ encoding
 
-    def _embed(self, bodies: list[str], payloads: list[list[Any]]) -> torch.Tensor:
-        """One forward over prompts (bodies wrapped in the chat turn, one image token per image
-        expanded in id space, left padding): (n, d) float32 unit vectors of the last token."""
+    def _embed(self, rows: list[list[int]], payloads: list[list[Any]]) -> torch.Tensor:
+        """(n, d) float32 unit vectors of the last token of each prompt. ``rows``: prompt token
+        ids with one image token per image (``self.tokens``), expanded here in id space;
+        ``payloads``: each prompt's cached image features. Prompts are grouped by length
+        (:func:`length_buckets`), one forward pass per group."""
+        expanded = [self._expand(ids, imgs) for ids, imgs in zip(rows, payloads)]
+        groups = length_buckets([len(r) for r in expanded], self.bucket_overhead_tokens)
+        parts = [self._forward([expanded[i] for i in g], [p for i in g for p in payloads[i]])
+                 for g in groups]
+        order = torch.tensor([i for g in groups for i in g])
+        out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return F.normalize(out[torch.argsort(order).to(out.device)], dim=-1)
+
+    def _expand(self, ids: list[int], imgs: list[Any]) -> list[int]:
+        """Each image token replaced by the image's placeholder ids."""
         fam = self.family
-        texts = [prompts.wrap(fam.prompt_family, b) for b in bodies]
-        rows = []
-        for ids, imgs in zip(self.tokenizer(texts)["input_ids"], payloads):
-            cuts = [i for i, t in enumerate(ids) if t == fam.image_token_id]
-            if len(cuts) != len(imgs):
-                raise ValueError(f"prompt has {len(cuts)} image tokens for {len(imgs)} images")
-            row, last = [], 0
-            for cut, img in zip(cuts, imgs):
-                row += ids[last:cut] + fam.image_ids(img)
-                last = cut + 1
-            rows.append(row + ids[last:])
-        length = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
-        flat = [p for row in payloads for p in row]
+        if not imgs:
+            if fam.image_token_id in ids:
+                raise ValueError("prompt has image tokens but no images")
+            return ids
+        cuts = [i for i, t in enumerate(ids) if t == fam.image_token_id]
+        if len(cuts) != len(imgs):
+            raise ValueError(f"prompt has {len(cuts)} image tokens for {len(imgs)} images")
+        row, last = [], 0
+        for cut, img in zip(cuts, imgs):
+            row += ids[last:cut] + fam.image_ids(img)
+            last = cut + 1
+        return row + ids[last:]
+
+    def _forward(self, rows: list[list[int]], payloads: list[Any]) -> torch.Tensor:
+        """One forward pass over expanded prompts, padded on the right: with causal attention
+        no real token sees the padding after it, so no attention mask is needed (and SDPA can
+        use its causal kernels); the embedding is the hidden state at each prompt's last real
+        token. (n, d) float32."""
+        n, length = len(rows), max(len(r) for r in rows)
+        ids = np.full((n, length), self.tokenizer.pad_token_id, dtype=np.int64)
+        valid = np.zeros((n, length), dtype=bool)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = r
+            valid[b, : len(r)] = True
         device = self.device
-        inputs = fam.model_inputs(ids, mask, flat)
+        inputs = self.family.model_inputs(torch.from_numpy(ids), torch.from_numpy(valid),
+                                          payloads)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        out = self._core(**inputs, use_cache=False, return_dict=True)
-        last = out.last_hidden_state[:, -1].float()
-        if not bool(torch.isfinite(last).all()):  # e.g. an attention kernel and padded rows
+        with (torch.autocast(device.type, dtype=self._autocast) if self._autocast is not None
+              else contextlib.nullcontext()):
+            out = self._core(**inputs, use_cache=False, return_dict=True)
+        ends = torch.tensor([len(r) - 1 for r in rows], device=device)
+        last = out.last_hidden_state[torch.arange(n, device=device), ends].float()
+        if not bool(torch.isfinite(last).all()):  # e.g. an attention kernel in half precision
             raise FloatingPointError("non-finite VLM embedding (check dtype / attention kernel)")
-        return F.normalize(last, dim=-1)
+        return last
 
-    def _branch(self, n: int, rows: list[int], bodies: list[str], payloads: list[list[Any]]):
-        """(n, d) with the embedded prompts at ``rows`` and zeros elsewhere, plus the mask."""
-        present = torch.zeros(n, dtype=torch.bool)
-        if not rows:
-            return torch.zeros(n, self.dim, device=self.device), present.to(self.device)
-        emb = self._embed(bodies, payloads)
-        idx = torch.tensor(rows, device=emb.device)
-        present[rows] = True
-        out = torch.zeros(n, self.dim, device=emb.device, dtype=emb.dtype).index_copy(0, idx, emb)
-        return out, present.to(emb.device)
+    def _branches(self, n: int, branches: list[tuple[list[int], list[list[int]], list]]
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Embed several branches' prompts together (one bucketed ``_embed``). Each branch is
+        (entity rows, prompt ids, payloads); returns per branch the (n, d) embeddings, zeros
+        at the rows it does not have, and its presence mask. A branch with no prompt is never
+        run through the model."""
+        rows = [ids for _, ids, _ in branches for ids in ids]
+        emb = self._embed(rows, [p for _, _, pay in branches for p in pay]) if rows else None
+        out, k = [], 0
+        device = self.device if emb is None else emb.device
+        for entities, ids, _ in branches:
+            present = torch.zeros(n, dtype=torch.bool)
+            present[entities] = True
+            full = torch.zeros(n, self.dim, device=device)
+            if entities:
+                idx = torch.tensor(entities, device=device)
+                full = full.index_copy(0, idx, emb[k : k + len(entities)])
+                k += len(entities)
+            out.append((full, present.to(device)))
+        return out
 
-    def _finish(self, n: int, text, image, joint) -> Branches:
-        (t, tp), (v, vp) = text, image
-        if joint is None:
+    def _finish(self, n: int, parts: list, external: bool, joint: bool) -> Branches:
+        none = (torch.zeros(n, self.dim, device=self.device),
+                torch.zeros(n, dtype=torch.bool, device=self.device))
+        (t, tp), (v, vp) = parts[:2] if external else (none, none)
+        if not joint:
             return Branches(t, tp, v, vp, t + v, tp | vp)
-        return Branches(t, tp, v, vp, joint[0], joint[1])
+        return Branches(t, tp, v, vp, parts[-1][0], parts[-1][1])
 
     def encode_items(self, items: list[ItemContent], unimodal: bool = True) -> Branches:
         """Embed items. Under internal fusion ``unimodal=False`` skips the text and image
@@ -619,26 +692,21 @@ class VLMEmbedder(nn.Module):
         n = len(items)
         texts = self._texts([it.text for it in items])
         imgs = self._images([it.image for it in items])
-        slot = self.family.slot
-        none = (torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.bool))
-        text = image = (none[0], none[1].to(self.device))
-        if self.fusion == "external" or unimodal:
+        tok, slot = self.tokens, self.family.slot
+        branches = []
+        external = self.fusion == "external" or unimodal
+        if external:
             rows = [i for i, t in enumerate(texts) if t]
-            text = self._branch(
-                n, rows, [prompts.item_text(texts[i]) for i in rows], [[]] * len(rows)
-            )
+            branches.append((rows, [tok.item_text(texts[i]) for i in rows], [[]] * len(rows)))
             rows = [i for i, p in enumerate(imgs) if p is not None]
-            image = self._branch(
-                n, rows, [prompts.item_image(slot)] * len(rows), [[imgs[i]] for i in rows]
-            )
-        joint = None
-        if self.fusion == "internal":
+            branches.append((rows, [tok.images(0)] * len(rows), [[imgs[i]] for i in rows]))
+        joint = self.fusion == "internal"
+        if joint:
             rows = [i for i in range(n) if texts[i] or imgs[i] is not None]
-            bodies = [prompts.item_joint(texts[i], imgs[i] is not None, slot) for i in rows]
-            joint = self._branch(
-                n, rows, bodies, [[imgs[i]] if imgs[i] is not None else [] for i in rows]
-            )
-        return self._finish(n, text, image, joint)
+            ids = [tok.body(prompts.item_joint(texts[i], imgs[i] is not None, slot))
+                   for i in rows]
+            branches.append((rows, ids, [[imgs[i]] if imgs[i] is not None else [] for i in rows]))
+        return self._finish(n, self._branches(n, branches), external, joint)
 
     def encode_users(self, histories: list[list[ItemContent]], unimodal: bool = True) -> Branches:
         """Embed users from their histories (the last ``history_len`` items, oldest first): one
@@ -653,34 +721,53 @@ class VLMEmbedder(nn.Module):
             texts.append(texts_flat[k : k + len(h)])
             imgs.append(imgs_flat[k : k + len(h)])
             k += len(h)
-        slot = self.family.slot
-        none = (torch.zeros(n, self.dim, device=self.device), torch.zeros(n, dtype=torch.bool))
-        text = image = (none[0], none[1].to(self.device))
-        if self.fusion == "external" or unimodal:
+        tok, slot = self.tokens, self.family.slot
+        branches = []
+        external = self.fusion == "external" or unimodal
+        if external:
             present_t = [[t for t in ts if t] for ts in texts]
             present_v = [[p for p in ps if p is not None] for ps in imgs]
             rows = [u for u in range(n) if present_t[u]]
-            text = self._branch(
-                n, rows, [prompts.user_text(present_t[u]) for u in rows], [[]] * len(rows)
-            )
+            branches.append((rows, [tok.user_text(present_t[u]) for u in rows],
+                             [[]] * len(rows)))
             rows = [u for u in range(n) if present_v[u]]
-            bodies = [prompts.user_image(len(present_v[u]), slot) for u in rows]
-            image = self._branch(n, rows, bodies, [present_v[u] for u in rows])
-        joint = None
-        if self.fusion == "internal":
+            branches.append((rows, [tok.images(len(present_v[u])) for u in rows],
+                             [present_v[u] for u in rows]))
+        joint = self.fusion == "internal"
+        if joint:
             entries = [
                 [(t, p is not None) for t, p in zip(ts, ps) if t or p is not None]
                 for ts, ps in zip(texts, imgs)
             ]
             rows = [u for u in range(n) if entries[u]]
-            bodies = [prompts.user_joint(entries[u], slot) for u in rows]
-            payloads = [[p for p in imgs[u] if p is not None] for u in rows]
-            joint = self._branch(n, rows, bodies, payloads)
-        return self._finish(n, text, image, joint)
+            ids = [tok.body(prompts.user_joint(entries[u], slot)) for u in rows]
+            branches.append((rows, ids, [[p for p in imgs[u] if p is not None] for u in rows]))
+        return self._finish(n, self._branches(n, branches), external, joint)
 
     def forward(self, items: list[ItemContent]) -> Branches:
         """Same as ``encode_items``."""
         return self.encode_items(items)
+
+
+def length_buckets(lengths: list[int], overhead: int) -> list[list[int]]:
+    """Indices of prompts grouped into forward passes: sorted by length, cut into runs that
+    minimise sum over runs of (``overhead`` + rows x longest row), by dynamic programming over
+    the distinct lengths. ``overhead``: the cost of one more forward pass in padding tokens
+    (0: one pass per distinct length; very large: everything in one pass)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if not order:
+        return []
+    sizes = [lengths[i] for i in order]
+    ends = [j for j in range(1, len(sizes) + 1) if j == len(sizes) or sizes[j] != sizes[j - 1]]
+    best, cut = {0: 0}, {}
+    for j in ends:  # a run order[i:j] costs overhead + (j - i) * sizes[j - 1]
+        best[j], cut[j] = min((best[i] + overhead + (j - i) * sizes[j - 1], i)
+                              for i in [0, *ends] if i < j)
+    groups, j = [], len(sizes)
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 def _open_rgb(image: Any) -> Any:

@@ -47,8 +47,6 @@ import numpy as np
 
 from benchmark.errors import ConfigError
 
-from . import prompts
-
 PRETRAIN_VERSION = 1  # bump when the objective, schedule or corpus use change
 PRETRAINED_PREFIX = "pretrained-"
 PRETRAINED_NAME = re.compile(
@@ -185,7 +183,6 @@ class _Encoder:
 
     def __init__(self, emb, pixels: list[Any]):
         self.emb, self.pixels = emb, pixels
-        self.slot = emb.family.slot
 
     def images(self, bags: list[list[int]]):
         """One prompt per bag of corpus image indices (item prompt for a single image)."""
@@ -195,16 +192,16 @@ class _Encoder:
         for bag in bags:
             payloads.append(feats[k:k + len(bag)])
             k += len(bag)
-        bodies = [prompts.item_image(self.slot) if len(bag) == 1
-                  else prompts.user_image(len(bag), self.slot) for bag in bags]
-        return self.emb._embed(bodies, payloads)
+        rows = [self.emb.tokens.images(0 if len(bag) == 1 else len(bag)) for bag in bags]
+        return self.emb._embed(rows, payloads)
 
     def texts(self, bags: list[list[str]]):
         """One prompt per bag of texts (item prompt for a single text)."""
         cleaned = [[t for t in self.emb._texts(bag) if t] for bag in bags]
-        bodies = [prompts.item_text(bag[0]) if len(bag) == 1 else prompts.user_text(bag)
-                  for bag in cleaned]
-        return self.emb._embed(bodies, [[] for _ in bags])
+        tok = self.emb.tokens
+        rows = [tok.item_text(bag[0]) if len(bag) == 1 else tok.user_text(bag)
+                for bag in cleaned]
+        return self.emb._embed(rows, [[] for _ in bags])
 
 
 def _symmetric_nce(a, b, tau: float, labels) -> Any:

@@ -235,7 +235,7 @@ def _smolvlm_config(family: str, size: str, tok, vision: str) -> Any:
 
 def build_tiny_checkpoint(
     family: str, out_dir: Path, texts: list[str], seed: int = 0, size: str = "tiny",
-    vision: str | None = None,
+    vision: str | None = None, weights: bool = True,
 ) -> Path:
     """Build, save and return a random-weight ``family`` checkpoint folder at ``out_dir``.
 
@@ -243,6 +243,8 @@ def build_tiny_checkpoint(
     Idefics3 classes); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
     patches, 32 px images: 4 LM tokens per image) or "small" (~14 M, 14 px patches, 224 px).
     ``vision``: the vision tower's size if not ``size``'s (``VISION_SIZES``; e.g. "tiny-wide").
+    ``weights`` False: config, tokenizer and image processor only (load it with
+    ``VLMEmbedder(..., random_weights=True)``; building and saving 2b weights takes minutes).
     """
     import torch
 
@@ -286,13 +288,17 @@ def build_tiny_checkpoint(
         )
     from transformers import AutoModelForImageTextToText
 
-    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-    model.save_pretrained(out_dir)
+    n_params = None
+    if weights:
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+            torch.manual_seed(seed)
+            model = AutoModelForImageTextToText.from_config(config)
+        model.save_pretrained(out_dir)
+        n_params = sum(p.numel() for p in model.parameters())
+    else:
+        config.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     image_processor.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
     marker = {
         "stand_in": True,
         "kind": "random",  # "harness-pretrained" once methods.vlm2rec.pretrain has trained it
@@ -304,175 +310,9 @@ def build_tiny_checkpoint(
         "size": size,
         "vision": vision,
         "seed": seed,
-        "n_params": n_params,
+        "n_params": n_params,  # None: no weights saved (random at load)
         "model_type": config.model_type,
         "n_tokenizer_texts": len(texts),
     }
     (out_dir / TINY_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return out_dir
-
-
-_BENCH_WORDS = ["red", "blue", "green", "toy", "car", "doll", "lipstick", "shoe", "running"]
-_BENCH_WORDS += ["beauty", "cream", "soft", "large", "small", "kids", "sport", "ball", "gift"]
-
-
-def benchmark(
-    family: str = "qwen2-vl",
-    size: str = "tiny",
-    work_dir: Path | None = None,
-    n_items: int = 512,
-    batch: int = 32,
-    train_batch: int = 16,
-    image_px: int = 32,
-    threads: int = 1,
-    seed: int = 0,
-    device: str = "cpu",
-    dtype: str = "float32",
-    gradient_checkpointing: bool = False,
-) -> dict[str, Any]:
-    """Throughput of the embedder on a stand-in: items/s, users/s (batch ``batch``, histories of
-    14 items, 10 used) and ms per LoRA forward+backward step on ``train_batch`` (user, item) pairs.
-    Reports wall-clock and process CPU time (CPU time is robust to other load on the machine);
-    on CUDA also peak memory and a model-FLOP-utilisation estimate (see ``_mfu``)."""
-    import tempfile
-    import time
-
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from .embedder import ItemContent, VLMEmbedder
-
-    if n_items < 2 * train_batch:
-        raise ValueError(f"--items must be at least 2 x the training batch ({2 * train_batch}): "
-                         "one warm-up step and one timed step")
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(seed)
-    root = Path(work_dir or tempfile.mkdtemp(prefix="vlm2rec_bench_"))
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    items = []
-    for i in range(n_items):
-        path = root / "img" / f"{i}.png"
-        if not path.exists():
-            pixels = rng.integers(0, 255, (image_px, image_px, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(path)
-        text = " ".join(rng.choice(_BENCH_WORDS, size=int(rng.integers(5, 25))))
-        items.append(ItemContent(text=text, image=path))
-    ckpt = build_tiny_checkpoint(
-        family, root / f"ckpt_{family}_{size}", [it.text for it in items], size=size
-    )
-    emb = VLMEmbedder(ckpt, lora={}, image_size=image_px, dtype=dtype,
-                      gradient_checkpointing=gradient_checkpointing).to(device)
-    tokens = [0]  # language-model tokens seen, counted where every path embeds its input ids
-    emb.backbone.get_input_embeddings().register_forward_hook(
-        lambda _m, args, _out: tokens.__setitem__(0, tokens[0] + args[0].numel()))
-    cuda = device.startswith("cuda")
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    hists = [[items[j] for j in rng.integers(0, n_items, size=14)] for _ in range(n_items)]
-
-    def timed(fn) -> tuple[float, float]:
-        sync()
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        return time.perf_counter() - w, time.process_time() - c
-
-    def run_items() -> None:
-        for s in range(0, n_items, batch):
-            emb.encode_items(items[s : s + batch])
-
-    def run_users() -> None:
-        for s in range(0, n_items, batch):
-            emb.encode_users(hists[s : s + batch])
-
-    with torch.no_grad():
-        cold = timed(run_items)  # fills the image cache (vision tower runs once per image)
-        warm = timed(run_items)
-        users = timed(run_users)
-    emb.train()
-    opt = torch.optim.AdamW(emb.trainable_parameters(), lr=1e-4)
-    target = torch.arange(train_batch, device=device)  # on the logits' device
-
-    def step(k: int) -> None:  # in-batch InfoNCE on cosine scores, as in the spec's L_CL
-        sl = slice(k * train_batch, (k + 1) * train_batch)
-        u, v = emb.encode_users(hists[sl]), emb.encode_items(items[sl])
-        unit = torch.nn.functional.normalize
-        logits = unit(u.fused, dim=-1) @ unit(v.fused, dim=-1).T / 0.05
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step(0)  # warm-up
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    n_steps = min(8, n_items // train_batch - 1)
-    tokens[0] = 0
-    steps = [timed(lambda k=k: step(k)) for k in range(1, n_steps + 1)]
-    step_tokens = tokens[0] / n_steps
-    extra = {}
-    if cuda:
-        extra = {"gpu": torch.cuda.get_device_name(0),
-                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-                 **_mfu(emb, step_tokens, float(np.median([s[0] for s in steps])),
-                        gradient_checkpointing, torch.cuda.get_device_name(0))}
-    return {
-        **extra,
-        "device": device,
-        "dtype": dtype,
-        "lm_tokens_per_step": step_tokens,
-        "family": family,
-        "size": size,
-        "n_params": emb.info()["n_params"],
-        "threads": threads,
-        "image_px": image_px,
-        "items_per_s_cold_wall": n_items / cold[0],
-        "items_per_s_wall": n_items / warm[0],
-        "items_per_s_cpu": n_items / warm[1],
-        "users_per_s_wall": n_items / users[0],
-        "users_per_s_cpu": n_items / users[1],
-        "train_step_ms_wall": 1000 * float(np.median([s[0] for s in steps])),
-        "train_step_ms_cpu": 1000 * float(np.median([s[1] for s in steps])),
-    }
-
-
-# Dense bf16 peak FLOP/s of the cards the GPU check is expected to meet (vendor figures).
-_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
-
-
-def _mfu(emb, step_tokens: float, step_seconds: float, checkpointing: bool, gpu: str) -> dict:
-    """Model FLOP utilisation of a LoRA step, estimated as (6 + 2 if activations are recomputed)
-    x language-model parameters (embeddings excluded) x language-model tokens / step time /
-    the card's dense bf16 peak. The frozen vision tower is left out (its outputs are cached)."""
-    embed = emb.backbone.get_input_embeddings().weight.numel()
-    lm = sum(p.numel() for n, p in emb.backbone.named_parameters() if "visual" not in n
-             and "vision" not in n) - embed
-    flops = (8 if checkpointing else 6) * lm * step_tokens
-    peak = next((v for k, v in _PEAK_BF16.items() if k in gpu), None)
-    return {"lm_params": lm, "step_tflops": flops / 1e12,
-            "achieved_tflops_per_s": flops / step_seconds / 1e12,
-            "mfu_estimate": None if peak is None else flops / step_seconds / peak}
-
-
-if __name__ == "__main__":  # python -m methods.vlm2rec.tiny --help
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Throughput (and on CUDA memory and MFU) of the "
-                                 "VLM embedder on a random-weight stand-in.")
-    ap.add_argument("family", nargs="?", default="qwen2-vl", choices=FAMILIES)
-    ap.add_argument("size", nargs="?", default="tiny", choices=SIZES)
-    ap.add_argument("threads", nargs="?", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--items", type=int, default=512)
-    ap.add_argument("--image-px", type=int, default=32)
-    a = ap.parse_args()
-    result = benchmark(family=a.family, size=a.size, threads=a.threads, device=a.device,
-                       dtype=a.dtype, gradient_checkpointing=a.gradient_checkpointing,
-                       n_items=a.items, image_px=a.image_px)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))

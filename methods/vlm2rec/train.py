@@ -164,8 +164,10 @@ class ContrastiveTrainer(EpochLoop):
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ConfigError("VLM2Rec has no trainable parameter (lora_r = 0?)")
+        # one fused kernel for all LoRA tensors on CUDA (hundreds of small tensors per step)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=params["learning_rate"],
-                                           weight_decay=params["weight_decay"])
+                                           weight_decay=params["weight_decay"],
+                                           fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_warmup_decay(params["epochs"] * self.steps_per_epoch,
                                                 params["warmup_ratio"]))
