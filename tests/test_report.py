@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+from verdict_helpers import planted_cases
 
 from benchmark.cli import main
 from benchmark.evaluation import mean_metrics
 from benchmark.report import significance as sig
 from benchmark.report.build import ReportOptions, build_document, render_report
+from benchmark.report.common import fmt_p
 from benchmark.report.results import load_results, per_user, seed_averaged
 
 SIGNALS = ("visual", "textual", "collaborative", "popularity")
@@ -98,17 +100,7 @@ def write_fake_results(root: Path, suite: str = "fake",
              "metrics": {"ndcg@10": 0.3 - 0.2 * r + 0.01 * i + 0.002 * s}}
             for i, m in enumerate(models) for s in seeds
             for p in ("missing_image", "missing_text") for r in (0.0, 0.25, 0.5, 1.0)]}))
-        (suite_dir / "diagnostics.json").write_text(json.dumps({"step": "epoch", "models": {
-            m: {"dataset": datasets[0], "status": "pass" if i else "fail",
-                "verdict": "uses both modalities" if i else "collapsed onto text",
-                "metrics": {"image_contribution": 0.1 * i - 0.05, "text_contribution": 0.2,
-                            "cka_image_text": 0.5},
-                "series": {"grad_norm_image": [1.0, 0.5, 0.2], "grad_norm_text": [1.0, 1.1, 1.2]},
-                "training": {"step": [0, 1, 2, 3], "p_text": [0.1, 0.2, 0.3, 0.4],
-                             "p_image": [0.1, 0.1, 0.2, 0.2],
-                             "grad_text": [1.0, None, 0.8, None],
-                             "grad_image": [0.5, None, 0.3, None]} if i == 0 else {}}
-            for i, m in enumerate(models)}}))
+        write_diagnostics(suite_dir, models, seeds, datasets[0])
         sweep_dir = root / f"{suite}-sweep"
         sweep_dir.mkdir()
         (sweep_dir / "sweep.json").write_text(json.dumps({"studies": [
@@ -118,6 +110,56 @@ def write_fake_results(root: Path, suite: str = "fake",
              + [{"number": 6, "value": None, "state": "PRUNED", "params": {"lr": 0.1}}],
              "best_params": {"lr": 0.005}, "best_value": 0.14} for m in models[:2]]}))
     return suite_dir
+
+
+#: planted use of the modalities of the fake models: per-seed effects of removing the image
+#: and the text on each user's metric; any other model is given no content and reads none
+PLANTED = {"good": ([0.1, 0.1, 0.1], [0.15, 0.15, 0.15]),        # uses both
+           "twin": ([0.0, 0.0, 0.0], [0.2, 0.2, 0.2]),           # collapsed onto text (fail)
+           "m5": ([-0.1, -0.1, -0.1], [0.1, 0.1, 0.1]),          # images hurt
+           "m6": ([0.15, 0.15, -0.05], [0.15, 0.15, 0.15])}      # inconclusive: seeds disagree
+DIAG_RESAMPLES = 2000
+
+
+def planted_model_cases(models: tuple[str, ...], seeds: tuple[int, ...]) -> dict:
+    """model -> modality -> seed -> (clean, without) per-user metric on the modality's cell."""
+    out = {}
+    for i, m in enumerate(models):
+        image, text = PLANTED.get(m, ([0.0] * 3, [0.0] * 3))
+        out[m] = {mod: dict(zip(seeds, planted_cases(effects[:len(seeds)],
+                                                     seed=2 * i + j).values()))
+                  for j, (mod, effects) in enumerate((("image", image), ("text", text)))}
+    return out
+
+
+def write_diagnostics(suite_dir: Path, models: tuple[str, ...], seeds: tuple[int, ...],
+                      dataset: str) -> dict:
+    """diagnostics.json as `bench diagnose` writes it (schema 2), built by its own functions
+    from the planted per-user cases on the synthetic world's cells: a seed's entry from that
+    seed's verdict, one verdict over the seeds per model."""
+    from benchmark.diagnostics import CELLS, diagnostics_document, seed_entry, verdict_entry
+
+    verdicts, entries = [], []
+    for i, (m, cases) in enumerate(planted_model_cases(models, seeds).items()):
+        given = ("image", "text") if m in PLANTED else ()
+        for s in seeds:
+            one = verdict_entry(m, dataset, {mod: {s: c[s]} for mod, c in cases.items()}, CELLS,
+                                given, n_resamples=DIAG_RESAMPLES)
+            overall = (float(np.mean(cases["image"][s][0])), float(np.mean(cases["image"][s][1])),
+                       float(np.mean(cases["text"][s][1])))
+            entry = seed_entry(one, overall)
+            entry["metrics"]["cka_image_text"] = 0.5  # a table measure, as `bench diagnose` adds
+            if i == 0:  # the training series a VLM2Rec run records
+                entry["training"] = {"step": [0, 1, 2, 3], "p_text": [0.1, 0.2, 0.3, 0.4],
+                                     "p_image": [0.1, 0.1, 0.2, 0.2],
+                                     "grad_text": [1.0, None, 0.8, None],
+                                     "grad_image": [0.5, None, 0.3, None]}
+            entries.append(entry)
+        verdicts.append(verdict_entry(m, dataset, cases, CELLS, given,
+                                      n_resamples=DIAG_RESAMPLES))
+    doc = diagnostics_document(suite_dir.name, verdicts, entries)
+    (suite_dir / "diagnostics.json").write_text(json.dumps(doc))
+    return doc
 
 
 @pytest.fixture(scope="module")
@@ -479,36 +521,175 @@ def test_caveats_come_from_the_cards(tmp_path):
     assert "None" not in " ".join(fields.values()) and "{}" not in " ".join(fields.values())
 
 
-def test_diagnostics_with_signed_contributions_and_cis_drop_in(tmp_path):
-    """A per-model diagnostics.json with outcomes and contributions (value, CI, p): one row per
-    model, the contributions chart, and the collapse named in the findings."""
-    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop", "vlm"), extras=False)
-    (suite_dir / "diagnostics.json").write_text(json.dumps({
-        "definitions": {"contribution": "clean NDCG@10 minus NDCG@10 without the modality"},
-        "models": [
-            {"model": "vlm", "dataset": "synthetic", "outcome": "collapsed onto text",
-             "verdict": "collapsed onto text: removing images changes nothing",
-             "status": "fail",
-             "contributions": {"image": {"value": -0.002, "ci": [-0.004, 0.001], "p": 0.2},
-                               "text": {"mean": 0.012, "ci_low": 0.008, "ci_high": 0.016,
-                                        "p_holm": 0.001}}},
-            {"model": "sasrec", "dataset": "synthetic", "outcome": "content ignored",
-             "verdict": "content ignored", "contributions": {"image": 0.0, "text": 0.0}}]}))
+SIX = ("sasrec", "mostpop", "good", "twin", "m5", "m6")
+
+
+def _by_hand(cases: dict[int, tuple]) -> tuple[list[float], float, float, float]:
+    """Per-seed contributions (clean - without) / clean on the cell, their mean and the 95%
+    t-interval over seeds, computed here from the planted cases."""
+    shares = [(np.mean(c) - np.mean(w)) / np.mean(c) for c, w in cases.values()]
+    mean = float(np.mean(shares))
+    half = stats.t.ppf(0.975, len(shares) - 1) * np.std(shares, ddof=1) / math.sqrt(len(shares))
+    return shares, mean, mean - half, mean + half
+
+
+def _holm_by_hand(model_cases: dict) -> dict[str, float]:
+    """The decisive Holm p of each modality: paired t-test and sign-flip permutation test on the
+    seed-averaged per-user values, Holm over the two modalities, the larger of the two."""
+    pooled = {mod: (np.mean([c for c, _ in cs.values()], axis=0),
+                    np.mean([w for _, w in cs.values()], axis=0))
+              for mod, cs in model_cases.items()}
+    p_t = [stats.ttest_rel(*pooled[m]).pvalue if not np.array_equal(*pooled[m]) else 1.0
+           for m in pooled]
+    p_perm = [sig.permutation_test(*pooled[m], DIAG_RESAMPLES) for m in pooled]
+    holm = np.maximum(sig.holm(p_t), sig.holm(p_perm))
+    return dict(zip(pooled, holm))
+
+
+def test_diagnostics_table_and_chart_show_the_verdicts_over_seeds(tmp_path, monkeypatch):
+    """The schema-2 file `bench diagnose` writes: one verdict over the seeds per model, one row
+    per modality with the numbers of its evidence, and the chart drawn from the same signed
+    contributions (a negative one stays negative)."""
+    from benchmark.report import plots
+
+    suite_dir = write_fake_results(tmp_path, models=SIX, n_users=200)
+    drawn = []
+    real_chart = plots.contribution_chart
+    monkeypatch.setattr(plots, "contribution_chart",
+                        lambda panels, xlabel: drawn.append(panels) or real_chart(panels, xlabel))
     doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
     table = next(t for t in doc.tables() if t.label == "diagnostics")
-    assert table.header == ["model", "dataset", "entries", "outcome",
-                            "image contribution [95% CI]", "image p",
-                            "text contribution [95% CI]", "text p"]
-    vlm = [c.text for c in table.rows[0]]
-    assert vlm == ["vlm", "synthetic", "1", "collapsed onto text", "-0.0020 [-0.0040, +0.0010]",
-                   "0.2000", "+0.0120 [+0.0080, +0.0160]", "0.0010"] and table.rows[0][3].bold
-    assert [c.text for c in table.rows[1][4:]] == ["+0.0000", "—", "+0.0000", "—"]
+    assert table.header == ["model", "modality", "outcome (status)", "seeds", "cell (users)",
+                            "clean → without (NDCG@10)", "contribution [95% CI over seeds]",
+                            "Holm p", "state"]
+    rows: dict[str, list] = {}
+    for row in table.rows:  # a model's columns are on its first row only
+        rows.setdefault(row[0].text or list(rows)[-1], []).append(row)
+    assert list(rows) == list(SIX) and all(len(r) == 2 for r in rows.values())
+    outcomes = {m: (r[0][2].text, r[0][2].bold) for m, r in rows.items()}
+    assert outcomes == {"sasrec": ("content ignored (pass)", False),
+                        "mostpop": ("content ignored (pass)", False),
+                        "good": ("uses both (pass)", False),
+                        "twin": ("collapsed onto text (fail)", True),
+                        "m5": ("images hurt (fail)", True),
+                        "m6": ("inconclusive (warn)", False)}
+    cases = planted_model_cases(SIX, (0, 1, 2))
+    twin = [[c.text for c in r] for r in rows["twin"]]
+    assert twin[0][:4] == ["twin", "image", "collapsed onto text (fail)", "0, 1, 2"]
+    assert twin[1][:4] == ["", "text", "", ""]
+    holm = _holm_by_hand(cases["twin"])
+    for row, mod, cell in zip(twin, ("image", "text"), ("signal=visual,target=cold",
+                                                         "signal=textual,target=cold")):
+        _, mean, low, high = _by_hand(cases["twin"][mod])
+        clean = np.mean([np.mean(c) for c, _ in cases["twin"][mod].values()])
+        without = np.mean([np.mean(w) for _, w in cases["twin"][mod].values()])
+        assert row[4:] == [f"{cell} (200)", f"{clean:.4f} → {without:.4f}",
+                           f"{mean:+.1%} [{low:+.1%}, {high:+.1%}]", fmt_p(holm[mod]),
+                           "none" if mod == "image" else "used"]
+    assert twin[0][6] == "+0.0% [+0.0%, +0.0%]" and twin[0][7] == "1.0000"
+    assert [r[8].text for r in rows["m6"]] == ["inconclusive", "used"]
+    # the chart: the verdicts' signed contributions and CIs over seeds, never clamped; hollow
+    # where no effect is established
+    ((panel,),) = drawn
+    title, models, values = panel
+    assert (title, models) == ("synthetic", list(SIX))
+    m5_image = values["image"][SIX.index("m5")]
+    _, mean, low, high = _by_hand(cases["m5"]["image"])
+    assert m5_image == pytest.approx((mean, low, high, True)) and high < 0
+    assert values["image"][SIX.index("twin")][3] is False  # state none: hollow
     assert any(f.name == "diagnostics" for f in doc.figures())
-    collapse = next(b for b in _bullets(doc, "findings") if b.startswith("Collapse"))
-    assert collapse.startswith("Collapse onto one modality (`bench diagnose`): `vlm`.")
-    text = " ".join(b for s in doc.sections if s.id == "diagnostics"
-                    for bl in s.blocks if hasattr(bl, "items") for b in bl.items)
-    assert "contribution: clean NDCG@10 minus NDCG@10 without the modality" in text
+
+
+def test_findings_name_the_collapse_with_the_fixtures_numbers(tmp_path):
+    """The Findings' collapse sentence: the outcome, status and given modalities of the verdict,
+    and each modality's contribution with its CI over seeds and Holm p, recomputed here from the
+    planted per-user cases."""
+    suite_dir = write_fake_results(tmp_path, models=SIX, n_users=200)
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
+    found = _bullets(doc, "findings")
+    summary = next(b for b in found if b.startswith("Modality use"))
+    assert summary.endswith("content ignored: `sasrec`, `mostpop`; uses both: `good`; collapsed "
+                            "onto text: `twin`; images hurt: `m5`; inconclusive: `m6`.")
+    sentence = next(b for b in found if b.startswith("`twin`: "))
+    claim = re.fullmatch(
+        r"`twin`: collapsed onto text \(status fail; given image and text; 3 seed\(s\)\): "
+        r"image contribution (\S+) \[(\S+), (\S+)\], Holm p (\S+); "
+        r"text contribution (\S+) \[(\S+), (\S+)\], Holm p (\S+)\.", sentence)
+    assert claim, sentence
+    cases = planted_model_cases(SIX, (0, 1, 2))["twin"]
+    holm = _holm_by_hand(cases)
+    for k, mod in ((1, "image"), (5, "text")):
+        _, mean, low, high = _by_hand(cases[mod])
+        shown = [float(claim.group(k + i).rstrip("%")) / 100 for i in range(3)]
+        assert shown == pytest.approx([mean, low, high], abs=5e-4)
+        assert float(claim.group(k + 3)) == pytest.approx(holm[mod], rel=1e-3)
+    assert holm["image"] == 1.0 and holm["text"] <= 0.05  # a collapse: text used, image unread
+    hurt = next(b for b in found if b.startswith("`m5`: "))
+    assert hurt.startswith("`m5`: images hurt (status fail; given image and text; 3 seed(s)): "
+                           "image contribution -")
+    assert not any(b.startswith(("`good`: ", "`sasrec`: ", "`m6`: ")) for b in found)
+    caveats = _bullets(doc, "caveats")
+    inconclusive = next(c for c in caveats if c.startswith("Inconclusive evidence"))
+    assert inconclusive.startswith("Inconclusive evidence for `m6` (outcome: inconclusive): the "
+                                   "test over users and the interval over seeds disagree (image: "
+                                   "Holm p ")
+    assert not any("one seed" in c or "schema-1" in c for c in caveats)
+
+
+def test_diagnostics_with_one_seed_and_a_model_not_reached(tmp_path):
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "twin"), seeds=(0,))
+    path = suite_dir / "diagnostics.json"
+    doc = json.loads(path.read_text())
+    doc["models"].append({"model": "internal", "dataset": "synthetic", "seed": 0,
+                          "status": "warn", "outcome": "inconclusive", "metrics": {},
+                          "series": {}, "verdict": "not diagnosed: perturbations do not reach "
+                                                   "this model (see robustness.json 'skipped')"})
+    path.write_text(json.dumps(doc))
+    built = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
+    caveats = _bullets(built, "caveats")
+    assert ("Modality verdicts from one seed (`sasrec`, `twin`): the paired test over users "
+            "alone decides; training noise is not measured.") in caveats
+    assert ("Not diagnosed (the dropout perturbations do not reach the model): `internal` "
+            "(seed 0).") in caveats
+    table = next(t for t in built.tables() if t.label == "diagnostics")
+    assert [c.text for c in table.rows[2]][:4] == ["twin", "image",
+                                                   "collapsed onto text (fail)", "0"]
+    assert table.rows[3][6].text.count("%") == 1  # one seed: no interval
+    # a verdict without its evidence stops the report with one line naming the file
+    del doc["verdicts"][0]["modalities"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(Exception, match=r"diagnostics.json: verdicts\[0\] lacks modalities"):
+        load_results(suite_dir)
+
+
+def test_schema1_diagnostics_still_read(tmp_path):
+    """A file of the earlier `bench diagnose` (schema 1: per-seed verdicts only; the committed
+    ml-100k reference) still renders: outcomes, overall contributions, no test, and a caveat."""
+    suite_dir = write_fake_results(tmp_path, models=("sasrec", "mostpop"), seeds=(0,),
+                                   extras=False)
+    reference = Path(__file__).parent.parent / "results/reference/robustness-ml100k"
+    shutil.copy(reference / "diagnostics.json", suite_dir / "diagnostics.json")
+    old = json.loads((suite_dir / "diagnostics.json").read_text())
+    assert "schema" not in old and "verdicts" not in old
+    doc = build_document(load_results(suite_dir), ReportOptions(n_resamples=200))
+    table = next(t for t in doc.tables() if t.label == "diagnostics")
+    clip = [[c.text for c in r] for r in table.rows[4:6]]
+    metrics = next(e for e in old["models"] if e["model"] == "clip_sasrec")["metrics"]
+    assert clip[0] == ["clip_sasrec", "image", "collapsed onto text (fail)", "0", "overall",
+                       f"{metrics['clean_ndcg@10']:.4f} → {metrics['no_image_ndcg@10']:.4f}",
+                       f"{metrics['image_contribution']:+.1%}", "—", "—"]
+    assert [clip[1][1], clip[1][4]] == ["text", "overall"]
+    assert any(f.name == "diagnostics" for f in doc.figures())
+    found = _bullets(doc, "findings")
+    assert next(b for b in found if b.startswith("Modality use")).endswith(
+        "collapsed onto text: `unisrec`, `clip_sasrec`, `vlm2rec`; uses both modalities: "
+        "`mmsrec`, `vlm2rec_sasrec`.")
+    assert next(b for b in found if b.startswith("`clip_sasrec`: ")) == (
+        "`clip_sasrec`: collapsed onto text (status fail; 1 seed(s)): image contribution "
+        f"{metrics['image_contribution']:+.1%}; text contribution "
+        f"{metrics['text_contribution']:+.1%}.")
+    assert any(c.startswith("The modality verdicts come from a schema-1 `diagnostics.json`")
+               for c in _bullets(doc, "caveats"))
 
 
 def test_training_panels_share_one_training_and_draw_chance():

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from verdict_helpers import planted_cases
 
 from benchmark.diagnostics import (
     collapse_verdict,
@@ -16,26 +17,10 @@ from benchmark.diagnostics import (
 )
 from benchmark.errors import ConfigError
 
-N_USERS = 200
-
-
-def _cases(effects: list[float], n: int = N_USERS, seed: int = 0) -> dict[int, tuple]:
-    """Per seed s: (clean, without) per-user metric vectors; removing the modality lowers a
-    user's metric by ``effects[s]`` on average, with per-user noise (so every test has work to
-    do); effect 0 gives identical vectors (an unread modality)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for s, effect in enumerate(effects):
-        clean = rng.uniform(0.0, 0.6, n)
-        if effect == 0:
-            out[s] = (clean, clean.copy())
-        else:
-            out[s] = (clean, clean - effect + rng.normal(0.0, 0.1, n))
-    return out
-
 
 def _verdict(image: list[float], text: list[float], declared=("image", "text")):
-    evidence = modality_evidence({"image": _cases(image, seed=1), "text": _cases(text, seed=2)},
+    evidence = modality_evidence({"image": planted_cases(image, seed=1),
+                                  "text": planted_cases(text, seed=2)},
                                  n_resamples=2000)
     return (*collapse_verdict(evidence, declared), evidence)
 
@@ -101,7 +86,8 @@ def test_inconclusive_when_seeds_disagree():
 
 
 def test_holm_over_the_two_modalities_and_one_seed():
-    ev = modality_evidence({"image": _cases([0.03], seed=1), "text": _cases([0], seed=2)},
+    ev = modality_evidence({"image": planted_cases([0.03], seed=1),
+                            "text": planted_cases([0], seed=2)},
                            n_resamples=2000)
     image = ev["image"]
     # Holm over two tests: the smaller p-value doubles (each test separately, capped at 1)
@@ -116,7 +102,7 @@ def test_holm_over_the_two_modalities_and_one_seed():
 
 def test_bad_input_is_refused():
     with pytest.raises(ConfigError, match="alpha"):
-        modality_evidence({"image": _cases([0.1])}, alpha=1.5)
+        modality_evidence({"image": planted_cases([0.1])}, alpha=1.5)
     with pytest.raises(ValueError, match="aligned"):
         modality_evidence({"image": {0: (np.zeros(3), np.zeros(4))}})
     with pytest.raises(ValueError, match="unknown modality"):

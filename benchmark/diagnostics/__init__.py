@@ -82,6 +82,7 @@ from ..io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+SCHEMA = 2  # of diagnostics.json (module docstring); version-1 files have no "schema"
 ALPHA = 0.05
 METRIC = "ndcg@10"
 MODALITIES = ("image", "text")
@@ -184,7 +185,7 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _interval(values: list[float]) -> list[float] | None:
+def seed_interval(values: list[float]) -> list[float] | None:
     """[low, high] of the 95% t-interval over seeds; None with fewer than two values."""
     from ..stats import mean_ci
 
@@ -263,7 +264,7 @@ def modality_evidence(cases: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
         known = [c for c in contribs if c is not None]
         p_t, p_perm, p_holm, comp = pooled[m]
         n = len(cases[m][seeds[0]][0])
-        seed_ci = _interval(diffs) if n else None
+        seed_ci = seed_interval(diffs) if n else None
         # no case on the cell: nothing can be said
         state = (modality_state(p_holm <= alpha, comp.diff, seed_ci) if n
                  else "inconclusive")
@@ -272,7 +273,7 @@ def modality_evidence(cases: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]
                   "clean_mean": _mean(clean), "without_mean": _mean(without),
                   "contribution": contribs,
                   "contribution_mean": float(np.mean(known)) if known else None,
-                  "contribution_ci": _interval(known) if len(known) == len(seeds) else None,
+                  "contribution_ci": seed_interval(known) if len(known) == len(seeds) else None,
                   "difference_mean": _mean(diffs), "difference_ci": seed_ci,
                   "user_ci": [comp.ci_low, comp.ci_high] if comp else None,
                   "p_ttest": p_t, "p_permutation": p_perm, "p_holm": p_holm,
@@ -436,6 +437,47 @@ def _finite(evidence: dict) -> dict:
     return {m: {k: fix(v) for k, v in e.items()} for m, e in evidence.items()}
 
 
+def verdict_entry(model: str, dataset: str, cases: dict, cells: dict[str, str] | None,
+                  declared: tuple[str, ...], alpha: float = ALPHA, metric: str = METRIC,
+                  n_resamples: int | None = None) -> dict:
+    """A ``verdicts`` entry of diagnostics.json (schema in the module docstring): the verdict
+    and evidence of ``model`` on ``dataset`` from ``cases`` as :func:`modality_evidence` takes
+    them (one seed or several); ``declared``: the modalities the model is given."""
+    evidence = _finite(modality_evidence(cases, cells, alpha, n_resamples))
+    outcome, status, verdict = collapse_verdict(evidence, declared, metric)
+    return {"model": model, "dataset": dataset,
+            "seeds": next(iter(evidence.values()))["seeds"], "given": list(declared),
+            "outcome": outcome, "status": status, "verdict": verdict, "modalities": evidence}
+
+
+def seed_entry(one_seed: dict, overall: tuple[float, float, float],
+               metric: str = METRIC) -> dict:
+    """A ``models`` entry of diagnostics.json: one seed's verdict (:func:`verdict_entry` on that
+    seed's cases) with its measures; ``overall``: ``metric`` on all test cases clean, without
+    images and without text. The caller adds the table measures and the training series."""
+    (seed,) = one_seed["seeds"]
+    metrics = {f"clean_{metric}": overall[0], f"no_image_{metric}": overall[1],
+               f"no_text_{metric}": overall[2]}
+    for m, e in one_seed["modalities"].items():
+        if e["contribution_mean"] is not None:
+            metrics[f"{m}_contribution"] = e["contribution_mean"]
+        if e["p_holm"] is not None:
+            metrics[f"{m}_p_holm"] = e["p_holm"]
+    return {"model": one_seed["model"], "dataset": one_seed["dataset"], "seed": seed,
+            "outcome": one_seed["outcome"], "status": one_seed["status"],
+            "verdict": one_seed["verdict"], "evidence": one_seed["modalities"],
+            "metrics": metrics,
+            "series": {f"test {metric} (both, no image, no text)": list(overall)},
+            "training": {}}
+
+
+def diagnostics_document(suite: str, verdicts: list[dict], entries: list[dict],
+                         metric: str = METRIC, alpha: float = ALPHA) -> dict:
+    """The diagnostics.json document (schema 2, in the module docstring)."""
+    return {"suite": suite, "schema": SCHEMA, "step": "condition", "metric": metric,
+            "alpha": alpha, "verdicts": verdicts, "models": entries}
+
+
 def run_diagnostics(suite, opts, metric: str = METRIC, alpha: float = ALPHA,
                     tables: bool = True) -> dict:
     """The modality-dropout test (through :mod:`benchmark.robustness`), the verdicts with their
@@ -484,39 +526,21 @@ def run_diagnostics(suite, opts, metric: str = METRIC, alpha: float = ALPHA,
                 for m, without in (("image", no_img), ("text", no_txt)):
                     cases[m][seed] = (cell_values(clean, masks[m], cells[m], metric),
                                       cell_values(without, masks[m], cells[m], metric))
-                evidence = _finite(modality_evidence({m: {seed: cases[m][seed]}
-                                                      for m in MODALITIES}, cells, alpha))
-                outcome, status, verdict = collapse_verdict(evidence, declared, metric)
-                metrics = {f"clean_{metric}": clean["metrics"][metric],
-                           f"no_image_{metric}": no_img["metrics"][metric],
-                           f"no_text_{metric}": no_txt["metrics"][metric]}
-                for m, e in evidence.items():
-                    if e["contribution_mean"] is not None:
-                        metrics[f"{m}_contribution"] = e["contribution_mean"]
-                    if e["p_holm"] is not None:
-                        metrics[f"{m}_p_holm"] = e["p_holm"]
+                one_seed = verdict_entry(model_name, entry.label,
+                                         {m: {seed: cases[m][seed]} for m in MODALITIES},
+                                         cells, declared, alpha, metric)
+                row = seed_entry(one_seed, (clean["metrics"][metric], no_img["metrics"][metric],
+                                            no_txt["metrics"][metric]), metric)
                 if tables:
-                    metrics.update(model_tables(suite, prep, model_name, seed, opts))
-                run_dir = run_folder(suite, prep, model_name, seed, opts)
-                entries.append({"model": model_name, "dataset": entry.label, "seed": seed,
-                                "outcome": outcome, "status": status, "verdict": verdict,
-                                "evidence": evidence, "metrics": metrics,
-                                "series": {f"test {metric} (both, no image, no text)":
-                                           [metrics[f"clean_{metric}"],
-                                            metrics[f"no_image_{metric}"],
-                                            metrics[f"no_text_{metric}"]]},
-                                "training": training_series(run_dir)})
+                    row["metrics"].update(model_tables(suite, prep, model_name, seed, opts))
+                row["training"] = training_series(run_folder(suite, prep, model_name, seed, opts))
+                entries.append(row)
             if not cases["image"]:
                 continue
-            evidence = _finite(modality_evidence(cases, cells, alpha))
-            outcome, status, verdict = collapse_verdict(evidence, declared, metric)
-            verdicts.append({"model": model_name, "dataset": entry.label,
-                             "seeds": sorted(cases["image"]), "given": list(declared),
-                             "outcome": outcome, "status": status, "verdict": verdict,
-                             "modalities": evidence})
+            verdicts.append(verdict_entry(model_name, entry.label, cases, cells, declared, alpha,
+                                          metric))
     path = suite_dir / "diagnostics.json"
-    doc = {"suite": suite.name, "schema": 2, "step": "condition", "metric": metric,
-           "alpha": alpha, "verdicts": verdicts, "models": entries}
+    doc = diagnostics_document(suite.name, verdicts, entries, metric, alpha)
     atomic_write_json(path, doc)
     return {**doc, "path": path, "plots": write_plots(doc, path.parent / "diagnostics")}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnostics import MODALITIES
 from ..errors import ConfigError
 from ..io import atomic_write, atomic_write_text
 from ..stats import mean_ci
@@ -24,21 +25,19 @@ from .common import (
     Ctx,
     ReportOptions,
     card,
-    diagnostic_groups,
     empty,
     fmt_p,
-    group_contribution,
     group_use,
     kv,
-    modalities,
     name,
     num,
-    outcome_counts,
     params,
     pm,
+    share,
     slug,
     ticks,
     train_info,
+    verdicts,
 )
 from .document import (
     Bullets,
@@ -113,7 +112,8 @@ def build_document(res: SuiteResults, opts: ReportOptions) -> Document:
          "can be traced to the pairwise, diagnostics and world-check tables."),
         Bullets(findings(ctx))]),
         Section("caveats", "Caveats", [Note("Read the numbers with these limits in mind "
-                                            "(from the provenance cards, sweep and world check)",
+                                            "(from the provenance cards, sweep, world check and "
+                                            "diagnostics)",
                                             [Bullets(caveats(ctx))])]),
         _main(ctx), _significance(ctx), _signals(ctx), _world_check(ctx), _diagnostics(ctx),
         _robustness(ctx), _training(ctx), _sweeps(ctx), _provenance(ctx)]
@@ -504,44 +504,33 @@ def _diagnostics(ctx: Ctx) -> Section:
     data = ctx.res.diagnostics
     if data is None:
         return Section("diagnostics", title, [_missing("diagnostics", "diagnostics.json", ctx)])
-    entries = data["models"]
-    mods = modalities(entries)
-    groups = diagnostic_groups(entries)
-    per_seed = any(len(es) > 1 for _, es in groups)
-    blocks: list = [("Each model's use of its modalities, from `diagnostics.json` (`bench "
-                     "diagnose`): the outcome and each modality's contribution with its 95% CI "
-                     "and p-value where the file gives them. "
-                     + ("With several entries per model (one per seed), the contribution is "
-                        "their mean with the 95% t interval over entries, and the outcomes are "
-                        "counted." if per_seed else ""))]
-    definitions = data.get("definitions")
-    if isinstance(definitions, dict) and definitions:
-        blocks.append(Bullets([f"{k}: {v}" for k, v in definitions.items()]))
-    rows = []
-    for (d, m), es in groups:
-        fail = any(str(e.get("status")) == "fail" for e in es)
-        counts = outcome_counts(es)
-        text = ", ".join(f"{o} ({n})" if len(es) > 1 else o for o, n in counts)
-        row = [Cell(m), Cell(d), Cell(str(len(es))), Cell(text, fail)]
-        for mod in mods:
-            c = group_contribution(es, mod)
-            if c is None:
-                row += [Cell("—"), Cell("—")]
-                continue
-            ci = "" if c.low is None else f" [{c.low:+.4f}, {c.high:+.4f}]"
-            row += [Cell(f"{c.value:+.4f}{ci}"), Cell(fmt_p(c.p))]
-        rows.append(row)
-    header = ["model", "dataset", "entries", "outcome"]
-    for mod in mods:
-        header += [f"{mod} contribution [95% CI]", f"{mod} p"]
-    blocks.append(Table("diagnostics", "Diagnostics outcome and modality contributions per "
-                        "model (failing status in bold)", header, rows))
+    found = verdicts(data)
+    metric = name(data.get("metric", "ndcg@10"))
+    if "verdicts" in data:
+        blocks: list = [
+            ("Each model's verdict over its seeds, from `diagnostics.json` (`bench diagnose`; the "
+             "rule, every term and the file's schema: docs/robustness.md). A failing status is "
+             "in bold; each seed's own verdict is in the fold below."),
+            Bullets(_verdict_terms(metric, data.get("alpha")))]
+    else:
+        blocks = [("`diagnostics.json` is schema 1, written by an earlier `bench diagnose`: a "
+                   "verdict per seed under the earlier rule (contributions clamped at 0, on all "
+                   "test cases, against a fixed threshold, without a test). Shown per model: "
+                   "the seeds' outcome (counted when they differ), and clean → without and the "
+                   "contribution as mean with the 95% t-interval over seeds. Rerun `bench "
+                   f"diagnose --suite {ctx.res.name}` for verdicts with evidence "
+                   "(docs/robustness.md).")]
+    if found:
+        blocks.append(_verdict_table(found, len({v["dataset"] for v in found}) > 1, metric))
     figures = diagnostics_figures(data, chance=_chance_levels(ctx))
     if "diagnostics" in figures:
         blocks.append(Figure("diagnostics", figures["diagnostics"],
-                             "Contribution of each modality per model (signed: left of 0 the "
-                             "modality lowers accuracy), with its 95% CI as stored or over "
-                             "seeds."))
+                             f"Contribution of each modality per model: the share of the cell's "
+                             f"{metric} lost without it, signed (left of 0: removing the "
+                             "modality raises the score), mean over seeds with the 95% CI over "
+                             "seeds (no bar with one seed)"
+                             + ("; hollow marker: no effect established (state none or "
+                                "inconclusive)." if "verdicts" in data else ".")))
     if "diagnostics-training" in figures:
         blocks.append(Figure("diagnostics-training", figures["diagnostics-training"],
             "Recorded during training (first seed; models sharing one training are drawn once): "
@@ -549,27 +538,74 @@ def _diagnostics(ctx: Ctx) -> Section:
             "(dashed, 1 / in-batch candidates), and per-modality gradient norms on the shared "
             "trainable parameters. The last step of an epoch can be a partial batch: fewer "
             "candidates, so a higher chance level and p there."))
-    blocks.append(_per_entry_fold(entries))
+    blocks.append(_per_entry_fold(data["models"]))
     return Section("diagnostics", title, blocks)
 
 
+def _verdict_terms(metric: str, alpha) -> list[str]:
+    """What each column of the verdict table means (docs/robustness.md defines them)."""
+    return [("cell: the test cases a modality is judged on (on a controlled-modality world the "
+             "cold targets of its signal, where only content can rank the target; else all test "
+             "cases), with its number of users;"),
+            (f"clean → without: mean test {metric} on the cell with everything present and with "
+             "the modality removed from every item (mean over seeds);"),
+            ("contribution: (clean − without) / clean, signed (negative: removing the modality "
+             "raises the score), mean over seeds with the 95% t-interval over seeds (none with "
+             "one seed);"),
+            ("Holm p: the paired t-test and the sign-flip permutation test over users of the "
+             "seed-averaged differences, Holm-corrected over the two modalities, the larger of "
+             f"the two (significant when ≤ α = {alpha});"),
+            ("state: used / hurts (significant, and the interval over seeds of clean − without "
+             "on the same side of 0), none (no effect detected), inconclusive (the test over "
+             "users and the interval over seeds disagree).")]
+
+
+def _verdict_table(found: list[dict], by_dataset: bool, metric: str) -> Table:
+    """One row per model and modality, the model's own cells on its first row only; model and
+    modality lead (a LaTeX part repeats them, so each part's rows stay identified)."""
+    rows = []
+    for v in found:
+        for i, (mod, e) in enumerate(v["modalities"].items()):
+            first = i == 0
+            users = "" if e.get("n_users") is None else f" ({e['n_users']})"
+            clean, without = e.get("clean_mean"), e.get("without_mean")
+            rows.append([
+                Cell(str(v["model"]) if first else ""),
+                *([Cell(str(v["dataset"]) if first else "")] if by_dataset else []),
+                Cell(mod),
+                Cell(f"{v['outcome']} ({v['status']})" if first else "",
+                     first and v["status"] == "fail"),
+                Cell(", ".join(str(s) for s in v["seeds"]) if first else ""),
+                Cell(f"{e.get('cell') or '—'}{users}"),
+                Cell("—" if clean is None or without is None
+                     else f"{clean:.4f} → {without:.4f}"),
+                Cell(share(e.get("contribution_mean"), e.get("contribution_ci"))),
+                Cell(fmt_p(e.get("p_holm"))), Cell(e.get("state") or "—")])
+    header = ["model", *(["dataset"] if by_dataset else []), "modality", "outcome (status)",
+              "seeds", "cell (users)", f"clean → without ({metric})",
+              "contribution [95% CI over seeds]", "Holm p", "state"]
+    return Table("diagnostics", "Modality verdict per model over its seeds (failing status in "
+                 "bold)", header, rows, lead=2 + by_dataset)
+
+
 def _per_entry_fold(entries: list[dict]) -> Fold:
-    verdicts = [[Cell(str(e["model"])), Cell(str(e.get("dataset", ""))),
-                 Cell(str(e.get("seed", ""))), Cell(str(e.get("status", "")),
-                                                     str(e.get("status")) == "fail"),
-                 Cell(str(e["verdict"]))] for e in entries]
+    """Each seed's own entry: its verdict (the one-seed rule) and its measures."""
+    rows = [[Cell(str(e["model"])), Cell(str(e.get("dataset", ""))),
+             Cell(str(e.get("seed", ""))), Cell(str(e.get("status", "")),
+                                                 str(e.get("status")) == "fail"),
+             Cell(str(e["verdict"]))] for e in entries]
     keys = sorted({k for e in entries for k, v in (e.get("metrics") or {}).items()
                    if isinstance(v, (int, float))})
     measures = [[Cell(str(e["model"])), Cell(str(e.get("seed", "")))]
                 + [Cell(num((e.get("metrics") or {}).get(k, "—"))) for k in keys]
                 for e in entries]
-    blocks: list = [Table("diagnostics-entries", "Verdict of every diagnostics entry",
-                          ["model", "dataset", "seed", "status", "verdict"], verdicts,
+    blocks: list = [Table("diagnostics-entries", "Verdict of each seed alone",
+                          ["model", "dataset", "seed", "status", "verdict"], rows,
                           latex=False)]
     if keys:
-        blocks.append(Table("diagnostics-measures", "Measures of every diagnostics entry",
+        blocks.append(Table("diagnostics-measures", "Measures of each seed",
                             ["model", "seed", *keys], measures, latex=False, lead=2))
-    return Fold("Every diagnostics entry: verdicts and measures", blocks)
+    return Fold("Each seed alone: its verdict and measures", blocks)
 
 
 def _chance_levels(ctx: Ctx) -> dict[tuple[str, str], float]:
@@ -588,27 +624,36 @@ def _chance_levels(ctx: Ctx) -> dict[tuple[str, str], float]:
 def diagnostics_figures(data: dict, chance: dict[tuple[str, str], float] | None = None
                         ) -> dict[str, bytes]:
     """The figures of a ``diagnostics.json`` document (name -> PNG bytes): ``diagnostics``
-    (each model's modality contributions) and ``diagnostics-training`` (the training series,
-    with a chance line from ``training["chance"]`` or ``chance[(dataset, model)]``); a figure
-    without data is absent. Shared by the report and ``bench diagnose``."""
-    entries = data["models"]  # a list (the report's loader turns the {name: entry} form into one)
+    (each model's signed modality contributions with their CIs over seeds, from its verdict)
+    and ``diagnostics-training`` (the per-seed entries' training series, with a chance line
+    from ``chance[(dataset, model)]``); a figure without data is absent. Shared by the report
+    and ``bench diagnose``."""
     out = {}
-    mods = modalities(entries)
+    by_dataset: dict[str, list[dict]] = {}
+    for v in verdicts(data):
+        by_dataset.setdefault(v["dataset"], []).append(v)
+    mods = [m for m in MODALITIES if any(m in v["modalities"] for vs in by_dataset.values()
+                                         for v in vs)]
     if mods:
-        by_dataset: dict[str, list] = {}
-        for (d, m), es in diagnostic_groups(entries):
-            by_dataset.setdefault(d, []).append((m, es))
         panels = []
-        for d, items in by_dataset.items():
+        for d, vs in by_dataset.items():
             values = {}
             for mod in mods:
                 values[mod] = []
-                for _, es in items:
-                    c = group_contribution(es, mod)
-                    values[mod].append(None if c is None else (c.value, c.low, c.high))
-            panels.append((d or "contributions", [m for m, _ in items], values))
-        out["diagnostics"] = plots.contribution_chart(panels, "contribution of the modality")
-    training = _training_series_panels(entries, chance or {})
+                for v in vs:
+                    e = v["modalities"].get(mod)
+                    if e is None or e.get("contribution_mean") is None:
+                        values[mod].append(None)
+                        continue
+                    low, high = e.get("contribution_ci") or (None, None)
+                    # schema 1 has no state: every point drawn alike
+                    filled = e.get("state") in (None, "used", "hurts")
+                    values[mod].append((e["contribution_mean"], low, high, filled))
+            panels.append((d or "contributions", [str(v["model"]) for v in vs], values))
+        out["diagnostics"] = plots.contribution_chart(
+            panels, f"contribution: share of the cell's {name(data.get('metric', 'ndcg@10'))} "
+                    "lost without the modality")
+    training = _training_series_panels(data["models"], chance or {})
     if training:
         # two columns: each row is one training (retrieval | gradient norms)
         out["diagnostics-training"] = plots.line_panels(training, "training step", "value",
@@ -645,13 +690,10 @@ def _training_series_panels(entries: list[dict], chance: dict[tuple[str, str], f
                 if pts:
                     series.append(plots.Series(n, [x for x, _ in pts], [y for _, y in pts]))
             if series and what == "unimodal retrieval":
-                level = t.get("chance", chance.get((e.get("dataset"), e["model"])))
-                if isinstance(level, (int, float)):
-                    level = [level] * len(t["step"])
-                if level:
-                    pts = [(x, y) for x, y in zip(t["step"], level) if y is not None]
-                    series.append(plots.Series("chance", [x for x, _ in pts],
-                                               [y for _, y in pts], kind="reference"))
+                level = chance.get((e.get("dataset"), e["model"]))
+                if level is not None:
+                    series.append(plots.Series("chance", list(t["step"]),
+                                               [level] * len(t["step"]), kind="reference"))
             pair.append(plots.Panel(f"{head}\n{what}" + ("" if series else ": not recorded"),
                                     series))
         if any(p.series for p in pair):  # both panels, even one empty: one row per training

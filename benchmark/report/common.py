@@ -1,6 +1,6 @@
 """What the report's sections and its Findings share: the options, the context computed once
 (every pairwise comparison, the configuration each run used, the models' roles), number
-formatting, and the readers of the optional ``diagnostics.json`` whose schema may grow."""
+formatting, and the reader of the optional ``diagnostics.json`` (schema 2, or schema 1)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from .results import Run, SuiteResults
 from .significance import N_RESAMPLES, Comparison
 
 DEFAULT_REFERENCE = "vlm2rec"
-MODALITY_ORDER = ("image", "text")
 
 
 @dataclass
@@ -167,85 +166,72 @@ def group_use(res: SuiteResults, runs: list[Run]) -> ConfigUse:
                      all(u.tuned for u in uses))
 
 
-# -- diagnostics.json (read generically: see docs/reports.md) -------------------------------------
+# -- diagnostics.json (schema: the docstring of benchmark/diagnostics, docs/robustness.md) -------
 
 def outcome(entry: dict) -> str:
-    """The entry's outcome label: ``outcome`` if given, else its verdict up to the first colon
-    or parenthesis ("collapsed onto text: image ..." -> "collapsed onto text")."""
+    """A per-seed entry's outcome: ``outcome`` (schema 2), else its verdict up to the first colon
+    or parenthesis (schema 1: "collapsed onto text: image ..." -> "collapsed onto text")."""
     if entry.get("outcome"):
         return str(entry["outcome"])
     return re.split(r":| \(", str(entry["verdict"]), maxsplit=1)[0].strip()
 
 
-@dataclass
-class Contribution:
-    value: float
-    low: float | None = None
-    high: float | None = None
-    p: float | None = None
+def not_diagnosed(entry: dict) -> bool:
+    """A per-seed entry the dropout test could not reach (its verdict says so, in every
+    schema)."""
+    return str(entry["verdict"]).startswith("not diagnosed")
 
 
-def _first(d: dict, keys: tuple[str, ...]):
-    return next((d[k] for k in keys if isinstance(d.get(k), (int, float))
-                 and not isinstance(d.get(k), bool)), None)
+def verdicts(data: dict) -> list[dict]:
+    """The verdicts the report shows, one per (dataset, model), each shaped as a schema-2
+    ``verdicts`` entry: the file's own (schema 2: over each model's seeds), or for a schema-1 file
+    (per-seed entries only) each model's diagnosed seeds summarised: the outcome if every seed
+    agrees, else the outcomes counted; per modality, on all test cases (the old rule's cell),
+    the mean clean and without metric and the contribution with its 95% interval over seeds;
+    no test (``p_holm`` and ``state`` None)."""
+    if "verdicts" in data:
+        return data["verdicts"]
+    from ..diagnostics import MODALITIES, OVERALL, seed_interval
 
-
-def contribution(entry: dict, modality: str) -> Contribution | None:
-    """A modality's contribution in one entry: ``contributions[m]`` (a number, or an object with
-    ``value``/``mean``, ``ci`` as ``[low, high]`` or a half-width, or ``ci_low``/``ci_high``,
-    and ``p_holm``/``p``), else the ``metrics`` keys ``<m>_contribution`` (+ ``_ci_low``,
-    ``_ci_high``, ``_p``)."""
-    c = (entry.get("contributions") or {}).get(modality)
-    if c is None:
-        metrics = entry.get("metrics") or {}
-        key = f"{modality}_contribution"
-        if key not in metrics:
-            return None
-        c = {"value": metrics[key], "ci_low": metrics.get(f"{key}_ci_low"),
-             "ci_high": metrics.get(f"{key}_ci_high"), "p": metrics.get(f"{key}_p")}
-    if isinstance(c, (int, float)):
-        c = {"value": c}
-    value = _first(c, ("value", "mean", "contribution", "delta"))
-    if value is None:
-        return None
-    ci, low, high = c.get("ci"), c.get("ci_low"), c.get("ci_high")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        low, high = ci
-    elif isinstance(ci, (int, float)):
-        low, high = value - ci, value + ci
-    return Contribution(float(value), None if low is None else float(low),
-                        None if high is None else float(high), _first(c, ("p_holm", "p",
-                                                                            "p_value")))
-
-
-def modalities(entries: list[dict]) -> list[str]:
-    found = set()
-    for e in entries:
-        found |= set(e.get("contributions") or {})
-        found |= {k[:-len("_contribution")] for k in (e.get("metrics") or {})
-                  if k.endswith("_contribution")}
-    return sorted(found, key=lambda m: (m not in MODALITY_ORDER,
-                                        MODALITY_ORDER.index(m) if m in MODALITY_ORDER else 0, m))
-
-
-def diagnostic_groups(entries: list[dict]) -> list[tuple[tuple[str, str], list[dict]]]:
-    """Entries grouped by (dataset, model), in file order."""
+    metric = data.get("metric", "ndcg@10")
     groups: dict[tuple[str, str], list[dict]] = {}
-    for e in entries:
-        groups.setdefault((str(e.get("dataset", "")), str(e["model"])), []).append(e)
-    return list(groups.items())
+    for e in data["models"]:
+        if not not_diagnosed(e):
+            groups.setdefault((str(e.get("dataset", "")), str(e["model"])), []).append(e)
+    out = []
+    for (dataset, model), entries in groups.items():
+        counts = outcome_counts(entries)
+        label = (counts[0][0] if len(counts) == 1 else
+                 "mixed over seeds: " + ", ".join(f"{o} ({n})" for o, n in counts))
+        statuses = {e.get("status") for e in entries}
+        evidence = {}
+        for m in MODALITIES:
+            shares = _seed_values(entries, f"{m}_contribution")
+            if not shares:
+                continue
+            clean = _seed_values(entries, f"clean_{metric}")
+            without = _seed_values(entries, f"no_{m}_{metric}")
+            evidence[m] = {"cell": OVERALL, "n_users": None,
+                           "clean_mean": _mean(clean), "without_mean": _mean(without),
+                           "contribution_mean": _mean(shares),
+                           "contribution_ci": seed_interval(shares), "p_holm": None,
+                           "state": None}
+        out.append({"model": model, "dataset": dataset,
+                    "seeds": [e.get("seed") for e in entries], "given": None,
+                    "outcome": label,
+                    "status": next((x for x in ("fail", "warn", "pass") if x in statuses), ""),
+                    "verdict": None, "modalities": evidence})
+    return out
 
 
-def group_contribution(entries: list[dict], modality: str) -> Contribution | None:
-    """One entry: its contribution as stored. Several (one per seed): their mean with the 95%
-    t interval over entries (their own p-values are not combined)."""
-    found = [c for c in (contribution(e, modality) for e in entries) if c is not None]
-    if not found:
-        return None
-    if len(found) == 1 and len(entries) == 1:
-        return found[0]
-    mean, half = mean_ci([c.value for c in found])
-    return Contribution(mean, mean - half, mean + half, None)
+def _seed_values(entries: list[dict], key: str) -> list[float]:
+    """A schema-1 measure of each seed that has it."""
+    return [float(v) for e in entries
+            if isinstance(v := (e.get("metrics") or {}).get(key), (int, float))]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def outcome_counts(entries: list[dict]) -> list[tuple[str, int]]:
@@ -253,3 +239,12 @@ def outcome_counts(entries: list[dict]) -> list[tuple[str, int]]:
     for e in entries:
         counts[outcome(e)] = counts.get(outcome(e), 0) + 1
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def share(value: float | None, interval: list[float] | None) -> str:
+    """A signed contribution as a percentage with its interval over seeds:
+    ``+91.2% [+89.0%, +93.4%]``; ``n/a (clean is 0)`` when undefined."""
+    if value is None:
+        return "n/a (clean is 0)"
+    text = f"{value:+.1%}"
+    return text + (f" [{interval[0]:+.1%}, {interval[1]:+.1%}]" if interval else "")

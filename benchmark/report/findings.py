@@ -10,16 +10,16 @@ from __future__ import annotations
 from .common import (
     Ctx,
     card,
-    diagnostic_groups,
     fmt_p,
     group_use,
     name,
-    outcome,
-    outcome_counts,
+    not_diagnosed,
     params,
     pm,
+    share,
     ticks,
     train_info,
+    verdicts,
 )
 from .significance import Comparison
 
@@ -108,23 +108,50 @@ def findings(ctx: Ctx) -> list[str]:
     return out
 
 
+def _who(v: dict, several_datasets: bool) -> str:
+    return f"`{v['model']}`" + (f" on `{v['dataset']}`" if several_datasets and v["dataset"]
+                                 else "")
+
+
+def _evidence(v: dict) -> str:
+    """``image contribution +0.0% [+0.0%, +0.0%], Holm p 1.0000; text ...`` (the verdict
+    table's numbers)."""
+    parts = []
+    for mod, e in v["modalities"].items():
+        text = f"{mod} contribution {share(e.get('contribution_mean'), e.get('contribution_ci'))}"
+        if e.get("p_holm") is not None:
+            text += f", Holm p {fmt_p(e['p_holm'])}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def _collapse_findings(ctx: Ctx) -> list[str]:
+    """One bullet with every model's outcome, then one per model whose outcome is a collapse
+    onto one modality or a modality that hurts, with its evidence."""
     data = ctx.res.diagnostics
     if data is None:
         return [("Modality use was not diagnosed (no `diagnostics.json`: run "
                  f"`bench diagnose --suite {ctx.res.name}`).")]
-    collapsed, parts = [], []
-    for (d, m), entries in diagnostic_groups(data["models"]):
-        counts = outcome_counts(entries)
-        where = f" on `{d}`" if d and len(ctx.res.datasets) > 1 else ""
-        parts.append(f"`{m}`{where}: " + ", ".join(
-            f"{o}" + (f" ({n} of {len(entries)} entries)" if len(entries) > 1 else "")
-            for o, n in counts))
-        if any(outcome(e).lower().startswith("collapsed") for e in entries):
-            collapsed.append(m)
-    head = (f"Collapse onto one modality (`bench diagnose`): {ticks(collapsed)}."
-            if collapsed else "No model's diagnostics outcome is a collapse onto one modality.")
-    return [head + " Outcomes per model: " + "; ".join(parts) + "."]
+    found = verdicts(data)
+    if not found:
+        return ["Modality use: no model could be diagnosed (see the diagnostics section)."]
+    several = len(ctx.res.datasets) > 1
+    by_outcome: dict[str, list[str]] = {}
+    for v in found:
+        by_outcome.setdefault(v["outcome"], []).append(_who(v, several))
+    metric = name(data.get("metric", "ndcg@10"))
+    cell = ("its cell's" if "verdicts" in data else "the overall")
+    out = [(f"Modality use (`bench diagnose`, each model's verdict over its seeds; contribution "
+            f"= share of {cell} {metric} lost without the modality, signed, with its 95% CI over "
+            "seeds): " + "; ".join(f"{o}: {', '.join(ms)}" for o, ms in by_outcome.items())
+            + ".")]
+    for v in found:
+        if v["outcome"].startswith("collapsed onto") or "hurt" in v["outcome"]:
+            given = ("" if v.get("given") is None else
+                     f"; given {' and '.join(v['given']) or 'no content modality'}")
+            out.append(f"{_who(v, several)}: {v['outcome']} (status {v['status']}{given}; "
+                       f"{len(v['seeds'])} seed(s)): {_evidence(v)}.")
+    return out
 
 
 def _world_findings(ctx: Ctx) -> list[str]:
@@ -152,7 +179,8 @@ def _walk(obj, path=()):
 
 
 def caveats(ctx: Ctx) -> list[str]:
-    """Bullets from the cards, the sweep and the world check: what limits the numbers."""
+    """Bullets from the cards, the sweep, the world check and the diagnostics: what limits the
+    numbers."""
     res = ctx.res
     out: list[str] = []
     stand_ins: dict[str, list[str]] = {}
@@ -178,6 +206,7 @@ def caveats(ctx: Ctx) -> list[str]:
         out.append(f"Content encoder \"{enc}\" feeds " + ", ".join(
             f"`{m}` ({', '.join(paths)})" for m, paths in users.items()) + ".")
     out += _budget_caveats(ctx)
+    out += _diagnostics_caveats(ctx)
     out += _config_caveats(ctx)
     for label, doc in (res.world_check or {}).items():
         failed = [e for e in doc["expectations"] if e["status"] == "fail"]
@@ -203,6 +232,50 @@ def caveats(ctx: Ctx) -> list[str]:
         out.append(f"{len(dirty)} run(s) ran from a checkout with uncommitted changes (dirty).")
     if res.failed:
         out.append(f"{len(res.failed)} run(s) did not complete and are left out.")
+    return out
+
+
+def _diagnostics_caveats(ctx: Ctx) -> list[str]:
+    """What limits the modality verdicts: an old-rule file, inconclusive or one-seed verdicts,
+    models not diagnosed."""
+    data = ctx.res.diagnostics
+    if data is None:
+        return []
+    out = []
+    if "verdicts" not in data:
+        out.append("The modality verdicts come from a schema-1 `diagnostics.json` (the earlier "
+                   "rule: contributions clamped at 0 on all test cases, a fixed threshold, no "
+                   "test, a verdict per seed): rerun `bench diagnose --suite "
+                   f"{ctx.res.name}` for verdicts with evidence.")
+    found = verdicts(data)
+    several = len(ctx.res.datasets) > 1
+    for v in found:
+        why = []
+        for mod, e in v["modalities"].items():
+            if e.get("state") != "inconclusive":
+                continue
+            if not e.get("n_users"):
+                why.append(f"{mod}: no test case on {e.get('cell')}")
+                continue
+            why.append(f"{mod}: Holm p {fmt_p(e.get('p_holm'))} over {e['n_users']} users, "
+                       "contribution over seeds "
+                       f"{share(e.get('contribution_mean'), e.get('contribution_ci'))}")
+        if why:  # a hurting modality takes precedence in the outcome: say it either way
+            out.append(f"Inconclusive evidence for {_who(v, several)} (outcome: {v['outcome']}): "
+                       "the test over users and the interval over seeds disagree ("
+                       + "; ".join(why) + "); more seeds or users would decide.")
+    one = [_who(v, several) for v in found if len(v["seeds"]) == 1 and "verdicts" in data]
+    if one:
+        out.append(f"Modality verdicts from one seed ({', '.join(one)}): the paired test over "
+                   "users alone decides; training noise is not measured.")
+    skipped: dict[str, list[str]] = {}
+    for e in data["models"]:
+        if not_diagnosed(e):
+            skipped.setdefault(_who({"model": e["model"], "dataset": e.get("dataset", "")},
+                                    several), []).append(str(e.get("seed", "?")))
+    if skipped:
+        out.append("Not diagnosed (the dropout perturbations do not reach the model): "
+                   + "; ".join(f"{m} (seed {', '.join(s)})" for m, s in skipped.items()) + ".")
     return out
 
 

@@ -219,9 +219,14 @@ def heatmap(panels: list[tuple[str, list[str], list[str], list[list[float]], lis
 
 def contribution_chart(panels: list[tuple[str, list[str], dict[str, list]]], xlabel: str
                        ) -> bytes:
-    """Per panel, one row per model and one marker per modality: the contribution with its
-    CI as a horizontal error bar (``(value, low, high)`` or None when not measured), a
-    vertical line at 0 (no contribution; left of it, the modality lowers accuracy)."""
+    """Per panel, one row per model and one marker per modality: the signed contribution (a
+    share, drawn in percent) with its CI as a horizontal error bar (``(value, low, high,
+    filled)``, low/high None without an interval, or None when not measured; ``filled`` False
+    draws a hollow marker: no effect established), and a vertical line at 0 (no contribution;
+    left of it, removing the modality raises accuracy). Values are drawn as given, never
+    clamped."""
+    from matplotlib.ticker import PercentFormatter
+
     modalities = list(dict.fromkeys(m for p in panels for m in p[2]))
     style = styles(modalities)
     with _style():
@@ -232,16 +237,18 @@ def contribution_chart(panels: list[tuple[str, list[str], dict[str, list]]], xla
             offsets = {m: (i - (len(values) - 1) / 2) * 0.22 for i, m in enumerate(values)}
             for m, points in values.items():
                 s = style[m]
+                # the legend's marker: filled, whatever the first point is
+                ax.plot([], [], ls="", marker=s.marker, color=s.color, ms=7, label=m)
                 for y, p in enumerate(points):
                     if p is None:
                         continue
-                    value, low, high = p
+                    value, low, high, filled = p
                     err = None if low is None else [[value - low], [high - value]]
                     ax.errorbar([value], [y + offsets[m]], xerr=err, fmt=s.marker, color=s.color,
-                                ms=7, label=m if y == next(i for i, q in enumerate(points)
-                                                           if q is not None) else None)
+                                ms=7, mfc=s.color if filled else "white")
             ax.set_yticks(range(len(models)), models)
             ax.set_ylim(len(models) - 0.5, -0.5)
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0))
             ax.set_title(title)
             ax.set_xlabel(xlabel)
         _legend(fig, axes, len(modalities))

@@ -133,7 +133,7 @@ def load_results(target: str | Path, results_dir: str | Path = "results") -> Sui
         name=name, suite_dir=suite_dir, runs=runs,
         robustness=_optional(suite_dir / "robustness.json", "rows", ("model", "perturbation",
                                                                      "rate", "metrics")),
-        diagnostics=_optional(suite_dir / "diagnostics.json", "models", ("verdict",)),
+        diagnostics=_diagnostics(suite_dir / "diagnostics.json"),
         world_check=(read_json(suite_dir / "world_check.json")
                      if (suite_dir / "world_check.json").is_file() else None),
         sweep=_sweep(sweep_path) if sweep_path else None,
@@ -158,13 +158,27 @@ def _optional(path: Path, key: str, required: tuple[str, ...]) -> dict | None:
     entries = obj.get(key) if isinstance(obj, dict) else None
     if isinstance(entries, dict):
         entries = [{"model": name, **entry} for name, entry in entries.items()]
+    _check_entries(path, entries, key, required)
+    return {**obj, key: entries}
+
+
+def _check_entries(path: Path, entries, key: str, required: tuple[str, ...]) -> None:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(f"{path}: expected an object with a {key!r} list (see docs/reports.md)")
     for i, entry in enumerate(entries):
         missing = [f for f in ("model", *required) if f not in entry]
         if missing:
             raise DataError(f"{path}: {key}[{i}] lacks {', '.join(missing)} (see docs/reports.md)")
-    return {**obj, key: entries}
+
+
+def _diagnostics(path: Path) -> dict | None:
+    """``diagnostics.json`` (schema: docs/robustness.md): per-seed ``models`` entries in every
+    schema, and from schema 2 the ``verdicts`` over seeds, which the report shows."""
+    doc = _optional(path, "models", ("verdict",))
+    if doc is not None and "verdicts" in doc:
+        _check_entries(path, doc["verdicts"], "verdicts",
+                       ("dataset", "seeds", "outcome", "status", "modalities"))
+    return doc
 
 
 def _sweep(path: Path) -> dict | None:
