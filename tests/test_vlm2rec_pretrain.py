@@ -352,3 +352,23 @@ def test_heldout_item_probes_on_hand_made_tables():
     assert pretrain.heldout_item_probes(same, data, ids[:300], ids[300:],
                                         labels_field="none")["retrieval/image->text@1"] == 1.0
     assert out["retrieval/image->text@1"] < 0.1 and out["chance/retrieval@10"] == 0.1
+
+
+def test_heldout_label_probe_is_fair_to_a_rare_weakly_visible_label():
+    # one item in eight is "Horror" and the image feature shows it weakly (d' = 1): a balanced
+    # probe reaches ~0.69 balanced accuracy; an unbalanced one would say "no" almost everywhere
+    # (~0.53)
+    from types import SimpleNamespace
+
+    from benchmark.features import ModalityFeatures
+
+    rng = np.random.default_rng(1)
+    n = 1601
+    horror = np.r_[False, rng.random(n - 1) < 0.125]
+    x = (horror[:, None] + rng.normal(size=(n, 1))).astype(np.float32)
+    present = np.r_[False, np.ones(n - 1, dtype=bool)]
+    tables = {m: ModalityFeatures(x, present, "t") for m in ("image", "text")}
+    data = SimpleNamespace(item_fields={"class": ["Horror" if h else "" for h in horror]})
+    ids = np.arange(1, n)
+    out = pretrain.heldout_item_probes(tables, data, ids[:1200], ids[1200:])
+    assert out["labels/image"] == ["Horror"] and 0.62 < out["label/image"] < 0.76
