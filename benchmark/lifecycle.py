@@ -146,7 +146,7 @@ def build_model(spec, params: dict, data, run_dir: Path, seed: int, device: str 
                              "stage_params": spec.stage_params(params),
                              "perturbation": perturbation}, run_dir)
     seed_everything(seed)
-    model = cls(config, DatasetView(data, features)).to(device)
+    model = cls(config, DatasetView(data, features, split)).to(device)
     content = {m: {"encoder": f.encoder, "missing_items": f.missing_count()}
                for m, f in features.items()}
     return ModelHandle(model, spec, params, seed, device, Path(run_dir), cache_dir, data, split,

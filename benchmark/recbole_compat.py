@@ -105,9 +105,10 @@ class DatasetView:
     """What a RecBole model's constructor reads from its dataset, served from a harness dataset,
     plus the item content features the model asked for (``benchmark.features``)."""
 
-    def __init__(self, data, item_features: dict | None = None):
+    def __init__(self, data, item_features: dict | None = None, split=None):
         self.data = data
         self.item_features = item_features or {}
+        self.split = split  # read by a model whose backbone is trained on the training items
 
     def num(self, field: str) -> int:
         return self.data.n_users if field == "user_id" else self.data.n_items

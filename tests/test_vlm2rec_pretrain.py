@@ -154,3 +154,221 @@ def test_tiny_checkpoint_vision_size(tmp_path):
     assert stand_in_kind(path) == "random" and stand_in_kind(tmp_path) is None
     with pytest.raises(ValueError):
         build_tiny_checkpoint("qwen2-vl", tmp_path / "x", ["a"], vision="huge")
+
+
+# ------------------------------------------------------------------ the items recipe (real data)
+
+ITEMS = "pretrained-tiny-qwen2-vl:pretrain=items,steps=4,batch=4,bag_len=2"
+
+
+@pytest.fixture(scope="module")
+def items_world(tmp_path_factory):
+    """A small catalogue with images and texts whose split leaves items outside training."""
+    from benchmark.data.dataset import load_dataset
+    from benchmark.data.synthetic import SyntheticConfig, generate_synthetic
+    from benchmark.encoders.harness_clip import training_items
+    from benchmark.split import make_split
+
+    tmp = tmp_path_factory.mktemp("items")
+    config = SyntheticConfig(n_users=40, n_items=40, seq_len=(5, 8), image_size=16,
+                             missing_image_rate=0.2, missing_text_rate=0.1, seed=1,
+                             cold_share=0.3, cold_target_rate=0.5)
+    data = load_dataset(generate_synthetic(tmp / "data", config))
+    split = make_split(data)
+    train = set(training_items(split).tolist())
+    held = [i for i in range(1, data.n_items) if i not in train]
+    assert held and len(train) >= 8  # the leak test below needs both kinds
+    return data, split, held, tmp
+
+
+def _with_content(data, tmp, items, tag):
+    """A copy of ``data`` where ``items`` have another text and another (noise) image."""
+    import dataclasses
+
+    from PIL import Image
+
+    fields = {k: list(v) for k, v in data.item_fields.items()}
+    rng = np.random.default_rng(sum(map(ord, tag)))  # fixed per tag
+    for i in items:
+        for name in ("title", "text"):
+            if name in fields:
+                fields[name][i] = f"zyxwq {tag} {i} unseen words"
+        path = tmp / f"{tag}-{i}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+        fields["image"][i] = str(path)
+    return dataclasses.replace(data, item_fields=fields)
+
+
+def _files(path):
+    weights = load_file(str(path / "model.safetensors"))
+    return weights, (path / "tokenizer.json").read_text()
+
+
+def test_items_recipe_is_deterministic_and_reads_training_items_only(items_world):
+    data, split, held, tmp = items_world
+    recipe = parse_name(ITEMS)
+    a = pretrain.build_pretrained_checkpoint(recipe, tmp / "a", data=data, split=split)
+    b = pretrain.build_pretrained_checkpoint(recipe, tmp / "b", data=data, split=split)
+    (wa, ta), (wb, tb) = _files(a), _files(b)
+    assert ta == tb and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    # every validation/test-only item's text and image replaced: not one bit changes (neither
+    # the tokenizer nor a weight), so none of it entered pre-training
+    other = _with_content(data, tmp, held, "held")
+    wc, tc = _files(pretrain.build_pretrained_checkpoint(recipe, tmp / "c", data=other,
+                                                         split=split))
+    assert tc == ta and all(np.array_equal(wa[k], wc[k]) for k in wa)
+    # the control: the same change on one training item does reach the weights
+    warm = int(pretrain.pretrain_item_ids(recipe, split)[0][0])
+    other = _with_content(data, tmp, [warm], "warm")
+    wd, td = _files(pretrain.build_pretrained_checkpoint(recipe, tmp / "d", data=other,
+                                                         split=split))
+    assert td != ta and any(not np.array_equal(wa[k], wd[k]) for k in wa)
+    marker = json.loads((a / TINY_MARKER).read_text())
+    assert marker["kind"] == "harness-pretrained" and "training items" in marker["note"]
+    assert marker["recipe"]["pretrain"] == "items" and "corpus_n" not in marker["recipe"]
+    assert marker["pretrain_data"]["items"] == data.n_items - 1 - len(held)
+    assert marker["image_steps"] == 2 and marker["text_steps"] == 2
+
+
+def test_items_recipe_cache_key(items_world, monkeypatch):
+    import dataclasses
+
+    from benchmark.split import make_split
+    from methods.vlm2rec.embedder import VLMEmbedder
+    from methods.vlm2rec.model import resolve_vlm
+
+    data, split, _, tmp = items_world
+    cache = tmp / "cache"
+    calls = []
+    real = pretrain.build_pretrained_checkpoint
+
+    def counting(recipe, out_dir, **kw):
+        calls.append(recipe)
+        return real(recipe, out_dir, **kw)
+
+    monkeypatch.setattr(pretrain, "build_pretrained_checkpoint", counting)
+    first = resolve_vlm(ITEMS, data, cache, split)
+    assert resolve_vlm(ITEMS, data, cache, split) == first and len(calls) == 1  # loads
+    assert resolve_vlm(ITEMS + ",word_dropout=0.5", data, cache, split) != first  # re-trains
+    assert len(calls) == 2
+    assert stand_in_kind(first) == "harness-pretrained" and "items-" in first.name
+    info = VLMEmbedder(first, lora=None, image_size=32).info()
+    assert info["stand_in"] and info["stand_in_recipe"]["pretrain"] == "items"
+    # the key follows the dataset's content and the training item set, not the rest
+    recipe = parse_name(ITEMS)
+    key = recipe.key(data, split)
+    changed = dataclasses.replace(data, manifest={**data.manifest, "content_hash": "other"})
+    assert recipe.key(changed, split) != key
+    temporal = make_split(data, "temporal")
+    from benchmark.encoders.harness_clip import training_items
+
+    assert set(training_items(temporal).tolist()) != set(training_items(split).tolist())
+    assert recipe.key(data, temporal) != key
+    with pytest.raises(ConfigError):  # the items recipe cannot be built without its split
+        resolve_vlm(ITEMS, data, cache, None)
+
+
+def test_items_recipe_reaches_the_model_through_build_model(items_world):
+    from benchmark.lifecycle import build_model
+    from benchmark.registry import get_model_spec
+
+    data, split, _, tmp = items_world
+    spec = get_model_spec("vlm2rec")
+    params = spec.resolve("tiny", {"vlm": ITEMS, "max_text_tokens": 8})
+    model = build_model(spec, params, data, tmp / "run", 0, "cpu", split,
+                        cache_dir=tmp / "cache").model
+    vlm = model.provenance()["vlm"]
+    assert vlm["stand_in_kind"] == "harness-pretrained"
+    assert vlm["stand_in_recipe"]["pretrain"] == "items"
+
+
+def test_items_and_corpus_knobs_stay_apart_and_the_corpus_key_is_unchanged():
+    for bad in ("pretrained-tiny-qwen2-vl:pretrain=web",
+                "pretrained-tiny-qwen2-vl:pretrain=items,corpus_n=10",
+                "pretrained-tiny-qwen2-vl:pretrain=items,hard_colours=2",
+                "pretrained-tiny-qwen2-vl:word_dropout=0.1",
+                "pretrained-tiny-qwen2-vl:pretrain=items,holdout=1.0"):
+        with pytest.raises(ConfigError):
+            parse_name(bad)
+    # a corpus checkpoint built before the items recipe existed keeps its cache key (this
+    # value was computed by that code; it changes only with PRETRAIN_VERSION or the corpus)
+    old = "pretrained-tiny-qwen2-vl:steps=6,batch=4,corpus_n=64,bag_len=2,hard_colours=2," \
+          "partial_captions=1"
+    assert parse_name(old).key() == "0cd27e6ebdb30e5a"
+    assert "pretrain" not in parse_name(old).spec()
+    with pytest.raises(ConfigError):
+        parse_name("pretrained-tiny-qwen2-vl:pretrain=items").key()  # needs data and split
+
+
+def test_holdout_withholds_a_seeded_share_of_training_items(items_world):
+    from benchmark.encoders.harness_clip import training_items
+
+    _, split, _, _ = items_world
+    train = training_items(split)
+    used, withheld = pretrain.pretrain_item_ids(parse_name(ITEMS + ",holdout=0.25"), split)
+    assert len(withheld) == round(0.25 * len(train)) and not set(used) & set(withheld)
+    assert set(used) | set(withheld) == set(train.tolist())
+    again = pretrain.pretrain_item_ids(parse_name(ITEMS + ",holdout=0.25,steps=9"), split)[1]
+    assert np.array_equal(again, withheld)
+    other = pretrain.pretrain_item_ids(parse_name(ITEMS + ",holdout=0.25,seed=1"), split)[1]
+    assert not np.array_equal(other, withheld)
+    assert len(pretrain.pretrain_item_ids(parse_name(ITEMS), split)[1]) == 0
+
+
+def test_word_dropout_views_keep_a_word_and_drop_about_the_share():
+    batches = pretrain._ItemBatches.__new__(pretrain._ItemBatches)
+    batches.recipe = parse_name(ITEMS + ",word_dropout=0.5")
+    batches.rng = np.random.default_rng(0)
+    text = " ".join(f"w{i}" for i in range(200))
+    kept = [len(batches._view(text).split()) for _ in range(20)]
+    assert 80 < np.mean(kept) < 120
+    assert all(batches._view("one") == "one" for _ in range(20))
+
+
+def test_heldout_item_probes_on_hand_made_tables():
+    from types import SimpleNamespace
+
+    from benchmark.features import ModalityFeatures
+
+    rng = np.random.default_rng(0)
+    n = 401
+    genres = ["Drama", "Comedy", "Action Drama", "Horror"]
+    column = [""] + [genres[i % 4] for i in range(n - 1)]
+    code = np.array([0] + [i % 4 for i in range(n - 1)])
+    informative = np.eye(4)[code] + 0.05 * rng.normal(size=(n, 4))
+    noise = rng.normal(size=(n, 4))
+    present = np.ones(n, dtype=bool)
+    present[0] = False
+    tables = {"image": ModalityFeatures(informative.astype(np.float32), present, "t"),
+              "text": ModalityFeatures(noise.astype(np.float32), present, "t")}
+    data = SimpleNamespace(item_fields={"class": column})
+    ids = np.arange(1, n)
+    out = pretrain.heldout_item_probes(tables, data, ids[:300], ids[300:])
+    assert out["label/image"] > 0.95 and abs(out["label/text"] - 0.5) < 0.1
+    assert set(out["labels/image"]) == {"Action", "Comedy", "Drama", "Horror"}
+    # retrieval: the same vectors on both sides find themselves; unrelated ones do not
+    same = {"image": tables["image"], "text": ModalityFeatures(
+        informative.astype(np.float32) + 1e-3 * noise.astype(np.float32), present, "t")}
+    assert pretrain.heldout_item_probes(same, data, ids[:300], ids[300:],
+                                        labels_field="none")["retrieval/image->text@1"] == 1.0
+    assert out["retrieval/image->text@1"] < 0.1 and out["chance/retrieval@10"] == 0.1
+
+
+def test_heldout_label_probe_is_fair_to_a_rare_weakly_visible_label():
+    # one item in eight is "Horror" and the image feature shows it weakly (d' = 1): a balanced
+    # probe reaches ~0.69 balanced accuracy; an unbalanced one would say "no" almost everywhere
+    # (~0.53)
+    from types import SimpleNamespace
+
+    from benchmark.features import ModalityFeatures
+
+    rng = np.random.default_rng(1)
+    n = 1601
+    horror = np.r_[False, rng.random(n - 1) < 0.125]
+    x = (horror[:, None] + rng.normal(size=(n, 1))).astype(np.float32)
+    present = np.r_[False, np.ones(n - 1, dtype=bool)]
+    tables = {m: ModalityFeatures(x, present, "t") for m in ("image", "text")}
+    data = SimpleNamespace(item_fields={"class": ["Horror" if h else "" for h in horror]})
+    ids = np.arange(1, n)
+    out = pretrain.heldout_item_probes(tables, data, ids[:1200], ids[1200:])
+    assert out["labels/image"] == ["Horror"] and 0.62 < out["label/image"] < 0.76

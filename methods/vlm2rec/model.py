@@ -51,16 +51,17 @@ TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained che
 
 # ------------------------------------------------------------------------------------ helpers
 
-def resolve_vlm(name: str, data, cache_dir: Path) -> Path:
+def resolve_vlm(name: str, data, cache_dir: Path, split=None) -> Path:
     """The local checkpoint folder of ``name``: a hub name or folder, or ``tiny-<family>`` /
     ``small-<family>`` meaning a random stand-in for this dataset, built once into the cache
     (its tokenizer is trained on the items' texts) and loaded back via ``from_pretrained``;
     ``pretrained-<size>-<family>[:key=value,...]``: a harness-pretrained stand-in
-    (``methods.vlm2rec.pretrain``), built once per recipe, independent of the dataset."""
+    (``methods.vlm2rec.pretrain``), built once per recipe (with ``pretrain=items``: per recipe,
+    dataset and training item set of ``split``)."""
     if name.startswith("pretrained-"):
         from .pretrain import resolve_pretrained
 
-        return resolve_pretrained(name, cache_dir)
+        return resolve_pretrained(name, cache_dir, data, split)
     match = TINY_NAME.fullmatch(name)
     if match is None:
         from benchmark.encoders.checkpoints import resolve_checkpoint
@@ -181,7 +182,7 @@ class VLM2Rec(SequentialRecommender):
             tau=config["tau"], lambda_w=config["lambda_w"], lambda_r=config["lambda_r"],
             gamma=config["gamma"], alpha=config["alpha"], tau_r=config["tau_r"],
             use_wpcl=config["wpcl"], use_crtr=config["crtr"])
-        self.vlm_path = resolve_vlm(config["vlm"], self.data, self.cache_dir)
+        self.vlm_path = resolve_vlm(config["vlm"], self.data, self.cache_dir, dataset.split)
         lora = None
         if config["lora_r"] > 0:
             lora = {"r": config["lora_r"], "alpha": config["lora_alpha"],
@@ -459,7 +460,7 @@ class VLM2RecSASRec(SASRec):
         self.data = dataset.data
         # the stage's resolved parameters, given by the harness (its registry entry's stage)
         self.vlm_path = resolve_vlm(config["stage_params"]["vlm"], self.data,
-                                    Path(config["cache_dir"]))
+                                    Path(config["cache_dir"]), dataset.split)
         from transformers import AutoConfig
 
         vlm_config = AutoConfig.from_pretrained(self.vlm_path)  # the size, not the weights
