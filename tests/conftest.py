@@ -55,3 +55,15 @@ def _tiny_corpus_clip(request, monkeypatch):
     monkeypatch.setattr(harness_clip, "CORPUS_RECIPE", replace(
         harness_clip.CORPUS_RECIPE, width=32, heads=2, steps=12, batch_size=32,
         corpus_size=96))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and OpenMP spinning on a busy box is ruinous);
+    use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

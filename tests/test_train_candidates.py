@@ -282,7 +282,7 @@ def test_hybrid_id_rows_of_never_trained_items_stay_zero(name, overrides, batch,
     """A hybrid content model's ID embedding starts at zero; under ``seen`` an item that never
     occurs in training keeps a zero row (it is scored by its content alone), while every item of
     the training batch gets a row of its own."""
-    data, seq, lengths, target, targets, seen = batch
+    data, seq, _, _, targets, seen = batch
     model, _ = build(monkeypatch, name, data, tmp_path / name, random_features(data.n_items),
                      overrides={"MAX_ITEM_LIST_LENGTH": MAX_LEN, "train_candidates": "seen",
                                 **overrides})
