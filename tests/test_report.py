@@ -387,12 +387,11 @@ def test_cli_report_and_user_errors(tmp_path, capsys):
         assert rc == 2 and len(err.splitlines()) == 1 and message in err, err
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
-                                               "chromium); CI installs it in .ci/run")
-def test_html_renders_in_headless_chromium(suite6, tmp_path):
+def _render_in_chromium(report: Path, tmp_path: Path) -> dict:
+    """Screenshot ``report/report.html`` in headless Chromium (not blank) and return what the
+    browser parsed after load: ``{"tables": ["id:rows", ...], "images": [naturalWidth, ...]}``."""
     from PIL import Image
 
-    _, report, _ = suite6
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--window-size=1400,3000"]
@@ -413,12 +412,50 @@ def test_html_renders_in_headless_chromium(suite6, tmp_path):
     dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom",
                           "--virtual-time-budget=5000", probe.as_uri()], capture_output=True,
                          text=True, timeout=120, check=True).stdout
-    found = json.loads(dom.split('<div id="probe">')[1].split("</div>")[0]
-                       .replace("&quot;", '"'))
+    return json.loads(dom.split('<div id="probe">')[1].split("</div>")[0]
+                      .replace("&quot;", '"'))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
+                                               "chromium); CI installs it in .ci/run")
+def test_html_renders_in_headless_chromium(suite6, tmp_path):
+    _, report, _ = suite6
+    found = _render_in_chromium(report, tmp_path)
     tables = dict(t.rsplit(":", 1) for t in found["tables"])
     for table in TABLES:
         assert int(tables[f"tab-{table}"]) > 1, table
     assert len(found["images"]) == len(FIGURES) and min(found["images"]) > 100
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "reports" / "accuracy"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (Debian: apt-get install "
+                                               "chromium); CI installs it in .ci/run")
+def test_committed_example_report_renders(tmp_path):
+    """The committed example (README: regenerated from the default suite) loads in a browser
+    with every table and figure it names; its HTML ids are unique."""
+    html = (EXAMPLE / "report.html").read_text()
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert ids and len(ids) == len(set(ids))
+    found = _render_in_chromium(EXAMPLE, tmp_path)
+    assert len(found["tables"]) >= 5 and all(int(t.rsplit(":", 1)[1]) > 1 for t in found["tables"])
+    assert found["images"] and min(found["images"]) > 100
+
+
+def test_committed_example_findings_match_its_tables():
+    """A claim of the committed example's Findings, recomputed from its own main table: the
+    model it names as the highest mean test NDCG@10 has that value, and no row is higher."""
+    md = (EXAMPLE / "report.md").read_text()
+    claim = re.search(r"Highest mean test NDCG@10[^:]*: `([^`]+)` \(([0-9.]+) ± ", md)
+    assert claim, "the Findings name no best model"
+    table = md.split("**Test accuracy on ")[1].split("\n\n", 2)[1]
+    header, _, *rows = [[c.strip(" *") for c in line.strip("|").split("|")]
+                        for line in table.splitlines()]
+    col = header.index("NDCG@10")
+    means = {row[0].strip("`"): float(row[col].split("±")[0]) for row in rows}
+    assert means[claim.group(1)] == pytest.approx(float(claim.group(2)), abs=5e-5)
+    assert max(means.values()) == pytest.approx(float(claim.group(2)), abs=5e-5)
 
 
 def test_world_check_section_states_each_expectation(tmp_path):
@@ -633,6 +670,7 @@ def test_findings_name_the_collapse_with_the_fixtures_numbers(tmp_path):
     assert inconclusive.startswith("Inconclusive evidence for `m6` (outcome: inconclusive): the "
                                    "test over users and the interval over seeds disagree (image: "
                                    "Holm p ")
+    assert "difference clean − without over seeds [" in inconclusive  # the interval the rule reads
     assert not any("one seed" in c or "schema-1" in c for c in caveats)
 
 

@@ -323,9 +323,13 @@ def _evidence_sentence(modality: str, e: dict, metric: str) -> str:
     share = "n/a (clean is 0)" if c is None else f"{c:+.0%}"
     if c is not None and ci is not None:
         share += f" [{ci[0]:+.0%}, {ci[1]:+.0%}]"
+    # the rule reads the interval of the difference, not of the contribution: quote it too
+    diff = e.get("difference_ci")
+    over_seeds = (f"difference over seeds [{diff[0]:+.4f}, {diff[1]:+.4f}]; "
+                  if diff is not None and None not in diff else "")
     return (f"{modality} {e['state']}: without {_PLURAL[modality]} {metric} "
             f"{e['clean_mean']:.4f} -> {e['without_mean']:.4f} on {e.get('cell') or 'the cases'} "
-            f"(contribution {share}; paired test over {e['n_users']} users, "
+            f"(contribution {share}; {over_seeds}paired test over {e['n_users']} users, "
             f"Holm p = {e['p_holm']:.2g})")
 
 

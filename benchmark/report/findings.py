@@ -257,9 +257,14 @@ def _diagnostics_caveats(ctx: Ctx) -> list[str]:
             if not e.get("n_users"):
                 why.append(f"{mod}: no test case on {e.get('cell')}")
                 continue
+            # the rule reads the interval of the difference (docs/robustness.md), so quote it;
+            # the contribution's interval can exclude 0 while the difference's does not
+            lo, hi = e.get("difference_ci") or (None, None)
+            interval = (f"[{lo:+.4f}, {hi:+.4f}]" if lo is not None and hi is not None
+                        else "not available")
             why.append(f"{mod}: Holm p {fmt_p(e.get('p_holm'))} over {e['n_users']} users, "
-                       "contribution over seeds "
-                       f"{share(e.get('contribution_mean'), e.get('contribution_ci'))}")
+                       f"difference clean − without over seeds {interval} NDCG@10 (contribution "
+                       f"{share(e.get('contribution_mean'), e.get('contribution_ci'))})")
         if why:  # a hurting modality takes precedence in the outcome: say it either way
             out.append(f"Inconclusive evidence for {_who(v, several)} (outcome: {v['outcome']}): "
                        "the test over users and the interval over seeds disagree ("
