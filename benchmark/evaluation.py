@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError
+from .memory import retain_freed_memory
 from .split import Cases, Split
 
 KS = (5, 10, 20)
@@ -143,6 +144,7 @@ class Evaluator:
         self.exclude_history = exclude_history
         self._candidates: dict[str, np.ndarray] = {}
         self._train_counts = split.train_item_counts(n_items)
+        retain_freed_memory()  # every batch allocates (cases, n_items) scores (benchmark.memory)
 
     def cases(self, which: str) -> Cases:
         if which not in ("valid", "test"):
