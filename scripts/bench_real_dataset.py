@@ -60,15 +60,24 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _rusage() -> tuple[float, float, int]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
 class Clock:
-    """Wall and process-CPU seconds of a block, with the load before and after."""
+    """Wall and process-CPU seconds of a block (user and system apart, minor page faults),
+    with the load before and after."""
 
     def __init__(self):
         self.t0, self.c0, self.load0 = time.perf_counter(), time.process_time(), _load()
+        self.r0 = _rusage()
 
     def read(self) -> dict:
+        user, system, faults = (b - a for a, b in zip(self.r0, _rusage()))
         return {"wall_s": round(time.perf_counter() - self.t0, 2),
-                "cpu_s": round(time.process_time() - self.c0, 2),
+                "cpu_s": round(time.process_time() - self.c0, 2), "user_s": round(user, 2),
+                "sys_s": round(system, 2), "minor_faults": int(faults),
                 "load_before": self.load0, "load_after": _load()}
 
 
@@ -120,8 +129,9 @@ def instrument(record: dict):
         t = clock.read()
         if state["training"]:
             v = row()["validation"]
-            v.update(wall_s=round(v["wall_s"] + t["wall_s"], 2),
-                     cpu_s=round(v["cpu_s"] + t["cpu_s"], 2), passes=v["passes"] + 1)
+            for k in ("wall_s", "cpu_s", "sys_s", "minor_faults"):
+                v[k] = round(v.get(k, 0) + t[k], 2)
+            v["passes"] += 1
         else:
             n = len(out.ranks)
             row().setdefault("evaluate", {})[which] = {
@@ -176,9 +186,9 @@ def summarise(record: dict) -> None:
 
 def markdown(record: dict) -> str:
     header = ("| model | encode s | train s (epochs; of which validation s) | evaluate s "
-              "(valid + test) | other s | run s | test users/s (per CPU-s) | peak RSS MB "
-              "| test NDCG@10 |")
-    lines = [header, "|---" * 9 + "|"]
+              "(valid + test) | other s | run s | run CPU s (of which system; minor faults) "
+              "| test users/s (per CPU-s) | peak RSS MB | test NDCG@10 |")
+    lines = [header, "|---" * 10 + "|"]
     for name, r in record["models"].items():
         tr, ev = r.get("train"), r.get("evaluate", {})
         train = "–"
@@ -190,7 +200,9 @@ def markdown(record: dict) -> str:
         lines.append(
             f"| {name} | {r.get('encode', {}).get('wall_s', '–')} | {train} | "
             f"{round(sum(e['wall_s'] for e in ev.values()), 2)} | {r['other_wall_s']} | "
-            f"{r['run']['wall_s']} | {test.get('users_per_s')} ({test.get('users_per_cpu_s')}) | "
+            f"{r['run']['wall_s']} | {r['run']['cpu_s']} ({r['run']['sys_s']}; "
+            f"{r['run']['minor_faults'] / 1e6:.2f} M) | "
+            f"{test.get('users_per_s')} ({test.get('users_per_cpu_s')}) | "
             f"{rss} | {r['test_ndcg@10']:.4f} |")
     return "\n".join(lines)
 
