@@ -8,13 +8,16 @@ glibc serves each block above its mmap threshold (at most 32 MB) with a fresh ``
 dataset that was ~400 M minor page faults and as much system time as user time (issue 14).
 :func:`retain_freed_memory` serves every block from the heap and never trims it, so freed blocks
 are reused; numerics are unchanged, the peak resident size grows by a few percent
-(docs/performance.md, "Amazon Beauty end to end").
+(docs/performance.md, "Amazon Beauty end to end"). It is process-wide and cannot be undone, so a
+process that embeds the harness and wants its memory back can opt out with
+``BENCH_RETAIN_FREED_MEMORY=0``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import platform
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ def retain_freed_memory() -> bool:
     global _done
     if _done:
         return True
+    if os.environ.get("BENCH_RETAIN_FREED_MEMORY", "1") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -44,6 +44,15 @@ def test_retained_memory_is_reused_without_page_faults():
     assert retained < pages // 20
 
 
+def test_opt_out_leaves_malloc_alone(monkeypatch):
+    from benchmark import memory
+
+    monkeypatch.setattr(memory, "_done", False)
+    monkeypatch.setenv("BENCH_RETAIN_FREED_MEMORY", "0")
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda *a: pytest.fail("mallopt called"))
+    assert memory.retain_freed_memory() is False
+
+
 def test_training_and_evaluation_retain_freed_memory(monkeypatch):
     from benchmark import evaluation, training
 
