@@ -68,6 +68,7 @@ class TrainCandidates:
         self.train_candidates = value
         # (n_items,) bool, or None while unknown; rebuilt from the split, not checkpointed
         self.register_buffer("train_item_mask", None, persistent=False)
+        self.register_buffer("train_item_excluded", None, persistent=False)  # ids of ~mask
         self._warned_no_split = False
 
     def set_train_split(self, split) -> None:
@@ -83,7 +84,9 @@ class TrainCandidates:
             raise ConfigError(f"training items must be ids in 1..{self.n_items - 1}")
         mask = torch.zeros(self.n_items, dtype=torch.bool)
         mask[ids] = True
-        self.train_item_mask = mask.to(self._candidates_device())
+        device = self._candidates_device()
+        self.train_item_mask = mask.to(device)
+        self.train_item_excluded = (~mask).nonzero().squeeze(1).to(device)
 
     def candidate_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Training logits (N, n_items) with the non-candidate items at -inf (``seen``); the
@@ -98,7 +101,9 @@ class TrainCandidates:
                             type(self).__name__)
                 self._warned_no_split = True
             return logits
-        return logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        # the same values as masked_fill(~mask, -inf), forward and backward, at half the cost:
+        # only the few excluded columns are written, no (N, n_items) mask is broadcast
+        return logits.index_fill(1, self.train_item_excluded.to(logits.device), float("-inf"))
 
     def _candidates_device(self) -> torch.device:
         for t in (*self.parameters(), *self.buffers()):

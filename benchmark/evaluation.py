@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError
+from .memory import retain_freed_memory
 from .split import Cases, Split
 
 KS = (5, 10, 20)
@@ -143,6 +144,7 @@ class Evaluator:
         self.exclude_history = exclude_history
         self._candidates: dict[str, np.ndarray] = {}
         self._train_counts = split.train_item_counts(n_items)
+        retain_freed_memory()  # every batch allocates (cases, n_items) scores (benchmark.memory)
 
     def cases(self, which: str) -> Cases:
         if which not in ("valid", "test"):
@@ -227,7 +229,9 @@ class Evaluator:
             if scores.shape != (end - start, self.n_items):
                 raise RuntimeError(f"scores have shape {tuple(scores.shape)}, expected "
                                    f"{(end - start, self.n_items)}")
-            if not torch.isfinite(scores[:, 1:]).all():
+            # a float64 sum of float32 values cannot overflow: finite iff every score is
+            # (a third of the cost of isfinite(...).all() and no (cases, n_items) mask)
+            if not torch.isfinite(scores[:, 1:].sum(dtype=torch.float64)):
                 raise NonFiniteScores(f"{int((~torch.isfinite(scores[:, 1:])).sum())} "
                                       f"non-finite scores in {which} batch at case {start}")
             targets = torch.from_numpy(np.array(
@@ -327,5 +331,9 @@ def rank_among(scores, targets, candidates, among=None) -> tuple[np.ndarray, np.
 
 
 def _counts(better, tied) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: candidates strictly better than the target, and other candidates tied with it."""
-    return better.sum(1).numpy().astype(np.int64), tied.sum(1).numpy().astype(np.int64)
+    import torch
+
+    """Per row: candidates strictly better than the target, and other candidates tied with it
+    (counted in int32, exact below 2**31 items: a bool sum in int64 takes 4x longer)."""
+    return (better.sum(1, dtype=torch.int32).numpy().astype(np.int64),
+            tied.sum(1, dtype=torch.int32).numpy().astype(np.int64))

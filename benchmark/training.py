@@ -34,6 +34,7 @@ from .contract import capabilities
 from .errors import ConfigError
 from .evaluation import EvalResult, Evaluator
 from .lifecycle import scorer
+from .memory import retain_freed_memory
 from .split import Split
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ class EpochLoop:
     def fit(self, resume: bool = False) -> TrainOutcome:
         from tqdm.auto import tqdm
 
+        retain_freed_memory()  # every step allocates the same large tensors (benchmark.memory)
         p = self.params
         state = {"epoch": 0, "step": 0, "best_score": -np.inf, "best_epoch": -1,
                  "bad_epochs": 0, "history": [], "steps": [], "seconds": 0.0, "best_valid": {}}

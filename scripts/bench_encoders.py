@@ -35,16 +35,16 @@ from benchmark.split import make_split
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def datasets(work: Path) -> dict:
+def datasets(work: Path, shared: Path = SHARED) -> dict:
     """name -> (Dataset, Split) for every dataset available here."""
     from benchmark.data.importers.sequences import import_sequence_file
 
     data_dir = work / "data"
-    posters = SHARED / "ml-100k-posters"
+    posters = shared / "ml-100k-posters"
     roots = {"synthetic": resolve_dataset("synthetic", data_dir),
              "ml-100k": resolve_dataset("ml-100k", data_dir,
                                         posters if posters.is_dir() else None)}
-    beauty = SHARED / "amazon-beauty"
+    beauty = shared / "amazon-beauty"
     if (beauty / "sequences.txt").is_file():
         root = data_dir / "amazon-beauty"
         if not (root / "manifest.json").is_file():
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--shared", type=Path, default=SHARED,
+                    help="the shared data folder (default: ../shared/data of the checkout)")
     ap.add_argument("--only", nargs="*", default=None,
                     help="datasets to run (synthetic, ml-100k, amazon-beauty; default all)")
     args = ap.parse_args()
@@ -112,7 +114,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    sets = datasets(args.work)
+    sets = datasets(args.work, args.shared)
     texts = [sets["synthetic"][0].item_text(i) for i in range(1, 200)]
     tiny = harness_clip.random_checkpoint(args.work / "tiny-clip", texts)
     cases = [("all-MiniLM-L6-v2", name, {"text": "all-MiniLM-L6-v2"})

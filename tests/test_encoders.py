@@ -114,6 +114,52 @@ def test_minilm_embeddings(toy, tmp_path):
         resolve_checkpoint("all-MiniLM-L6-v2")
 
 
+@pytest.mark.parametrize("kind", ["minilm", "clip", "siglip"])
+def test_text_batches_tokenise_once_by_length_and_match_single_texts(kind, tmp_path,
+                                                                      monkeypatch):
+    """Texts are tokenised in one call, encoded once per distinct text in batches of
+    non-increasing token count, and every embedding equals the text encoded alone (the old
+    one-tokenizer-call-per-batch path with a batch of one) within float tolerance."""
+    import torch
+
+    path = (resolve_checkpoint("all-MiniLM-L6-v2") if kind == "minilm"
+            else save_tiny_checkpoint(tmp_path / kind, kind))
+    encoder = models.load_encoder(path, "cpu", EncodeSettings())
+    words = ["red", "cotton", "shirt", "steel", "knife", "wireless", "headphones", "mug",
+             "blue", "kitchen"]
+    texts = [" ".join(words[(3 * i) % 10:] + words[:i % 7]) for i in range(23)]
+    texts[5] = texts[17] = texts[2]  # duplicates: encoded once, equal rows
+    by_item = {i + 1: t for i, t in enumerate(texts)}
+    by_item[9] = None  # missing: never encoded
+    calls, widths = [], []
+    tokenize, encode = type(encoder).tokenize, type(encoder).encode
+    monkeypatch.setattr(type(encoder), "tokenize",
+                        lambda self, xs: calls.append(len(xs)) or tokenize(self, xs))
+    monkeypatch.setattr(type(encoder), "encode", lambda self, m, xs: widths.append(
+        [len(x["input_ids"]) for x in xs]) or encode(self, m, xs))
+    values, present = models.encode_items(encoder, "text", list(by_item), by_item.get,
+                                          len(texts) + 1, batch_size=4)
+    distinct = len({t for t in by_item.values() if t is not None})
+    assert calls == [distinct] and sum(map(len, widths)) == distinct
+    flat = [w for batch in widths for w in batch]
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) > 1
+    assert present.tolist() == [False] + [by_item[i] is not None for i in range(1, 24)]
+    assert not values[9].any() and np.array_equal(values[6], values[3])
+    for item, text in by_item.items():
+        if text is None:
+            continue
+        padding = getattr(encoder, "padding", True)
+        alone = encoder.tokenizer([text], padding=padding, truncation=True,
+                                  max_length=encoder.max_length, return_tensors="pt")
+        alone = {k: v for k, v in alone.items() if k in encoder.token_keys}
+        with torch.inference_mode():
+            ref = (encoder.model(**alone).last_hidden_state.mean(1) if kind == "minilm"
+                   else encoder.model.get_text_features(**alone))
+        ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+        ref = torch.nn.functional.normalize(ref.float(), dim=-1)[0].numpy()
+        np.testing.assert_allclose(values[item], ref, atol=2e-6)
+
+
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_tiny_checkpoint_through_from_pretrained(toy, tmp_path, kind, monkeypatch):
     data, split = toy

@@ -137,6 +137,18 @@ def test_nan_scores_are_refused(tiny_dataset):
 
     with pytest.raises(NonFiniteScores):
         ev.evaluate(nan_scores, "test")
+    for bad in (torch.inf, -torch.inf):
+        with pytest.raises(NonFiniteScores, match="1 non-finite"):
+            ev.evaluate(lambda u, q, n, bad=bad: torch.zeros(len(u), data.n_items).index_fill_(
+                0, torch.tensor([0]), 0).index_put_((torch.tensor([0]), torch.tensor([2])),
+                                                    torch.tensor(bad)), "test")
+
+    def extreme_scores(users, seq, lens):  # finite everywhere: no overflow to inf
+        s = torch.full((len(users), data.n_items), torch.finfo(torch.float32).max)
+        s[:, 0] = -torch.inf  # the padding column is not checked
+        return s
+
+    assert ev.evaluate(extreme_scores, "test").ties.min() > 0
 
 
 def test_sampled_candidates_fixed_and_exclude_history(tiny_dataset):

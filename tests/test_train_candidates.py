@@ -152,6 +152,26 @@ def batch(tiny_dataset):
     return data, seq, lengths, target, targets, seen
 
 
+def test_seen_logits_are_masked_fill_bit_for_bit(batch, tmp_path, monkeypatch):
+    """The column fill equals masked_fill(~mask, -inf) exactly, forward and backward, for any
+    values (NaN and inf in excluded columns too) and any upstream gradient."""
+    data, *_, seen = batch
+    model = _model("sasrec", data, tmp_path, monkeypatch, "seen", seen)
+    x = torch.randn(7, data.n_items)
+    excluded = model.train_item_excluded
+    assert sorted(set(range(data.n_items)) - set(seen)) == excluded.tolist()
+    x[0, excluded[0]], x[1, excluded[1]], x[2, seen[0]] = torch.nan, torch.inf, -1e30
+    grad = torch.randn(7, data.n_items)
+    out = []
+    for fill in (model.candidate_logits,
+                 lambda t: t.masked_fill(~model.train_item_mask, float("-inf"))):
+        leaf = x.clone().requires_grad_(True)
+        y = fill(leaf)
+        y.backward(grad)
+        out.append((y.detach(), leaf.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
 @pytest.mark.parametrize("name", ["sasrec", "clip_sasrec", "unisrec", "mmsrec"])
 def test_seen_loss_is_cross_entropy_over_the_seen_items(name, batch, tmp_path, monkeypatch):
     data, seq, lengths, target, targets, seen = batch

@@ -119,8 +119,6 @@ def _encode(encoder, source: EncoderSource, modality: str, data, settings: Encod
             progress: bool, perturbation: dict | None) -> ModalityFeatures:
     inputs = ItemInputs(data, modality, perturbation)
     items = list(range(1, data.n_items))
-    if modality == "text":  # batches of similar lengths pad less
-        items.sort(key=lambda i: -len(data.item_text(i)))
     t0, c0 = time.perf_counter(), time.process_time()
     values, present = models.encode_items(encoder, modality, items, inputs, data.n_items,
                                           settings.batch_size, progress,

@@ -127,8 +127,22 @@ class _Encoder:
     def _forward(self, modality: str, inputs: list) -> Any:
         raise NotImplementedError
 
+    def tokenize(self, texts: list[str]) -> list[dict]:
+        """Each text's token features (``input_ids``, ...), unpadded: computed once, sorted by
+        length and batched by :func:`encode_items`."""
+        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        keys = [k for k in enc if k in self.token_keys]
+        return [{k: enc[k][j] for k in keys} for j in range(len(texts))]
+
+    def _pad(self, tokens: list[dict], padding: bool | str = True) -> dict:
+        """A batch of :meth:`tokenize` rows padded as one tokenizer call would pad it."""
+        width = {"max_length": self.max_length} if padding == "max_length" else {}
+        return self._to_device(self.tokenizer.pad(tokens, padding=padding, return_tensors="pt",
+                                                  **width))
+
     def encode(self, modality: str, inputs: list) -> np.ndarray:
-        """Embeddings (len(inputs), dim) float32 of non-missing inputs (texts or PIL images)."""
+        """Embeddings (len(inputs), dim) float32 of non-missing inputs: token features from
+        :meth:`tokenize` for text, PIL images for images."""
         import torch
 
         with torch.inference_mode(), autocast(self.device):
@@ -147,6 +161,7 @@ class MeanPoolTextEncoder(_Encoder):
 
     kind = "text"
     modalities = ("text",)
+    token_keys = ("input_ids", "token_type_ids", "attention_mask")
 
     def __init__(self, path: Path, device: str, settings: EncodeSettings):
         import torch
@@ -165,8 +180,7 @@ class MeanPoolTextEncoder(_Encoder):
         return int(self.model.config.hidden_size)
 
     def _forward(self, modality: str, inputs: list):
-        batch = self._to_device(self.tokenizer(inputs, padding=True, truncation=True,
-                                               max_length=self.max_length, return_tensors="pt"))
+        batch = self._pad(inputs)
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -178,6 +192,7 @@ class DualEncoder(_Encoder):
 
     kind = "dual"
     modalities = MODALITIES
+    token_keys = ("input_ids", "attention_mask")
 
     def __init__(self, path: Path, device: str, settings: EncodeSettings):
         import torch
@@ -207,10 +222,7 @@ class DualEncoder(_Encoder):
         import torch
 
         if modality == "text":
-            batch = self.tokenizer(inputs, padding=self.padding, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            out = self.model.get_text_features(**self._to_device(batch))
+            out = self.model.get_text_features(**self._pad(inputs, self.padding))
         else:
             batch = self.processor(images=inputs, return_tensors="pt", **self.image_kwargs)
             extra = {"interpolate_pos_encoding": True} if self.image_kwargs else {}
@@ -263,11 +275,32 @@ def encode_items(encoder: _Encoder, modality: str, items: Sequence[int],
                  load: Callable[[int], Any], n_items: int, batch_size: int,
                  progress: bool = False, desc: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Encode the inputs ``load(item)`` of ``items`` in batches; items whose input is None are
-    missing: never encoded, zeros and ``present`` False. Returns (values, present)."""
+    missing: never encoded, zeros and ``present`` False. Returns (values, present).
+
+    Texts are all loaded first (they are small): each distinct text is tokenised once and
+    encoded once, in batches of similar token counts (longest first), so batches pad little.
+    Images are loaded batch by batch in item order (decoded images are large)."""
     from tqdm.auto import tqdm
 
     values = np.zeros((n_items, encoder.dim), dtype=np.float32)
     present = np.zeros(n_items, dtype=bool)
+    if modality == "text":
+        texts = {i: v for i in items if (v := load(i)) is not None}
+        distinct = list(dict.fromkeys(texts.values()))
+        tokens = encoder.tokenize(distinct) if distinct else []
+        order = sorted(range(len(distinct)), key=lambda j: -len(tokens[j]["input_ids"]))
+        out = np.zeros((len(distinct), encoder.dim), dtype=np.float32)
+        with tqdm(total=len(distinct), desc=desc, unit="text", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                out[chunk] = encoder.encode(modality, [tokens[j] for j in chunk])
+                bar.update(len(chunk))
+        if texts:
+            row = {text: j for j, text in enumerate(distinct)}
+            ids = np.fromiter(texts, dtype=np.int64, count=len(texts))
+            values[ids] = out[[row[t] for t in texts.values()]]
+            present[ids] = True
+        return values, present
     with tqdm(total=len(items), desc=desc, unit="item", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
