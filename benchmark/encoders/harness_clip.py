@@ -18,7 +18,8 @@ trains itself (no pretrained CLIP weights exist offline). Two recipes:
   world it can only memorise items (its image and text attributes are independent: there is
   nothing to align), which is why the corpus recipe exists.
 
-Either way the model is a real ``transformers.CLIPModel`` built from a small ``CLIPConfig``,
+Either way the model is a real transformers model (corpus: a ``VisionTextDualEncoderModel`` with
+a small EfficientNet image tower and the CLIP text tower; items: a ``CLIPModel``),
 saved with ``save_pretrained`` into the cache and loaded back through the same
 ``from_pretrained`` path as any real checkpoint, then applied to all items. Its features are
 labelled :data:`LABEL` / :data:`ITEMS_LABEL` everywhere, never as a pretrained CLIP.
