@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -320,9 +321,8 @@ def test_harness_clip_is_deterministic(synthetic, tmp_path, monkeypatch):
     assert np.array_equal(a["image"].values, b["image"].values)
 
 
-TINY_CORPUS = harness_clip.Recipe(pretrain="corpus", width=32, heads=2, steps=12, min_epochs=1,
-                                  batch_size=32, corpus_size=96, text_pairs=True,
-                                  caption_mix=(0.5, 0.35, 0.15))
+TINY_CORPUS = replace(harness_clip.CORPUS_RECIPE, width=32, heads=2, steps=12, batch_size=32,
+                      corpus_size=96, conv_widths=(8, 16), conv_depths=(1, 1))
 
 
 def test_harness_clip_is_corpus_pretrained_on_the_synthetic_world(synthetic, toy, tmp_path,
@@ -353,7 +353,10 @@ def test_harness_clip_is_corpus_pretrained_on_the_synthetic_world(synthetic, toy
     assert feats["text"].present[1:].all() and feats["image"].values.shape[1] == 32
     folder = next((tmp_path / "cache" / "checkpoints").glob("harness-clip-*"))
     config = json.loads((folder / "config.json").read_text())
-    assert config["architectures"] == ["CLIPModel"]
+    # a CNN image tower and the CLIP text tower in transformers' own dual-encoder class
+    assert config["architectures"] == ["VisionTextDualEncoderModel"]
+    assert config["vision_config"]["model_type"] == "efficientnet"
+    assert config["text_config"]["model_type"] == "clip_text_model"
     # CLIP pools text at EOS only when eos_token_id != 2 (else at the highest token id)
     tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["text_config"]["eos_token_id"] == 1 and tokenizer["eos_token"] == "</s>"
@@ -378,6 +381,21 @@ def test_harness_clip_is_corpus_pretrained_on_the_synthetic_world(synthetic, toy
         harness_clip.LABEL
 
 
+def test_cnn_tower_starts_with_identity_batch_norms():
+    """The dual encoder's initialisation draws batch-norm scales like weights (N(0, 0.02)),
+    which leaves the pooled image features ~1e-17: the CNN tower resets them to the identity."""
+    import torch
+
+    model, _, _ = harness_clip.build_model("clip", ["a red circle"] * 4, TINY_CORPUS, 32, 0)
+    norms = [m for m in model.vision_model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(bool((m.weight == 1).all()) for m in norms)
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=torch.randn(4, 3, 32, 32))
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output
+    assert features.shape == (4, 32) and float(features.std(0).mean()) > 1e-3
+
+
 def test_corpus_pretraining_is_deterministic(tmp_path):
     a = harness_clip.pretrain_checkpoint(TINY_CORPUS, tmp_path / "a")
     b = harness_clip.pretrain_checkpoint(TINY_CORPUS, tmp_path / "b")
@@ -389,8 +407,6 @@ def test_corpus_pretraining_is_deterministic(tmp_path):
 def test_corpus_recipe_key_follows_recipe_and_corpus(synthetic, monkeypatch):
     """The pre-trained checkpoint's identity (its cache folder and the embeddings' key) changes
     with the recipe and with the corpus generator, never with the dataset, split or seed."""
-    from dataclasses import replace
-
     from benchmark.data import corpus
 
     data, split = synthetic
@@ -398,5 +414,7 @@ def test_corpus_recipe_key_follows_recipe_and_corpus(synthetic, monkeypatch):
     assert harness_clip.fingerprint(None, None, 7, TINY_CORPUS) == base
     assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, corpus_seed=1)) != base
     assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, steps=13)) != base
+    assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, vision="vit")) != base
+    assert harness_clip.fingerprint(data, split, 0, replace(TINY_CORPUS, conv_depths=(1, 2))) != base
     monkeypatch.setattr(corpus, "CORPUS_VERSION", corpus.CORPUS_VERSION + 1)
     assert harness_clip.fingerprint(data, split, 0, TINY_CORPUS) != base

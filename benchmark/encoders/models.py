@@ -225,7 +225,9 @@ class DualEncoder(_Encoder):
             out = self.model.get_text_features(**self._pad(inputs, self.padding))
         else:
             batch = self.processor(images=inputs, return_tensors="pt", **self.image_kwargs)
-            extra = {"interpolate_pos_encoding": True} if self.image_kwargs else {}
+            # a ViT tower at another size needs its position table interpolated; a CNN does not
+            vit = "patch_size" in self.model.config.vision_config.to_dict()
+            extra = {"interpolate_pos_encoding": True} if self.image_kwargs and vit else {}
             out = self.model.get_image_features(**self._to_device(batch), **extra)
         return out if isinstance(out, torch.Tensor) else out.pooler_output  # older versions
 
