@@ -226,7 +226,12 @@ def main() -> None:
     source = args.shared / "amazon-beauty"
     if not (source / "sequences.txt").is_file():
         raise SystemExit(f"{source}/sequences.txt not found (pass --shared)")
+    marker = args.work / ".bench-real-dataset"  # only a folder this script made is emptied
+    if args.work.exists() and any(args.work.iterdir()) and not marker.exists():
+        raise SystemExit(f"--work {args.work} is not empty and was not made by this script")
     shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    marker.touch()
     data_dir, cache, results = args.work / "data", args.work / "cache", args.work / "results"
     os.environ["BENCH_CACHE_DIR"] = str(cache)
     record: dict = {
