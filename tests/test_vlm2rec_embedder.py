@@ -1,4 +1,4 @@
-"""VLM2Rec embedder on tiny random stand-ins (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3)."""
+"""VLM2Rec embedder on tiny random stand-ins (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3, FastVLM)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def assets(tmp_path_factory) -> dict:
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(12)]
     ckpts = {
         fam: build_tiny_checkpoint(fam, root / fam, texts, seed=1)
-        for fam in ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3")
+        for fam in ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3", "fast-vlm")
     }
     return {"images": images, "corrupt": corrupt, "texts": texts, "ckpts": ckpts, "root": root}
 
@@ -76,7 +76,7 @@ def unit_or_zero(x: torch.Tensor, present: torch.Tensor) -> None:
 # ------------------------------------------------------------------------ checkpoints
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3", "fast-vlm"])
 def test_tiny_checkpoint_saves_and_loads_through_from_pretrained(assets, family):
     path = assets["ckpts"][family]
     names = {p.name for p in path.iterdir()}
@@ -88,7 +88,8 @@ def test_tiny_checkpoint_saves_and_loads_through_from_pretrained(assets, family)
     } <= names
     marker = json.loads((path / TINY_MARKER).read_text())
     assert marker["stand_in"] is True and marker["pretrained"] is False
-    assert 0.05e6 < marker["n_params"] < 0.35e6
+    # fast-vlm: + the EfficientNet's 1,280-channel top convolution and its projector
+    assert 0.05e6 < marker["n_params"] < (0.6e6 if family == "fast-vlm" else 0.35e6)
     emb = embedder(assets, family)
     info = emb.info()
     assert info["stand_in"] is True and "NOT pretrained" in info["stand_in_note"]
@@ -134,7 +135,7 @@ def test_branches_are_unit_vectors_and_fused_is_their_sum(assets, family):
         assert not torch.allclose(br.text, br.image)
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3", "fast-vlm"])
 def test_embedding_does_not_depend_on_the_rest_of_the_batch(assets, family):
     emb = embedder(assets, family, lora={})
     items = items_of(assets, 8)
@@ -148,6 +149,31 @@ def test_embedding_does_not_depend_on_the_rest_of_the_batch(assets, family):
         k = 2 if a is alone else 1
         for name in ("text", "image", "fused"):
             assert torch.allclose(getattr(a, name)[0], getattr(m, name)[k], atol=TOL), name
+
+
+def test_fast_vlm_tower_is_convolutional_and_its_batch_norms_stay_frozen(assets):
+    """FastVLM's tower (a small EfficientNet) gives (image / 8)^2 tokens per image; in LoRA
+    training mode its frozen batch norms keep their running statistics, so an image's
+    features (cached) do not depend on the batch it came in, and the statistics do not move."""
+    emb = embedder(assets, "fast-vlm", lora={"r": 4})
+    config = json.loads((assets["ckpts"]["fast-vlm"] / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "efficientnet"
+    norms = [m for m in emb.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(float(m.weight.mean()) == 1.0 for m in norms)  # not N(0, 0.02)
+    items = items_of(assets, 6)
+    with torch.no_grad():
+        ref = emb.encode_items(items[:1]).image
+    emb.clear_image_cache()
+    stats = [m.running_mean.clone() for m in norms]
+    emb.train()
+    assert not any(m.training for m in norms)
+    assert emb._core.language_model.training
+    with torch.no_grad():
+        batch = emb.encode_items(items).image
+        payload = emb._images([items[0].image])[0]
+    assert payload.shape == (4 * 4, emb.dim)  # 32 px / 8 = 4 cells a side
+    assert torch.allclose(batch[0], ref[0], atol=TOL)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, norms))
 
 
 def test_qwen_positions_and_image_features_match_the_model_path(assets):
@@ -277,7 +303,7 @@ def test_internal_fusion_uses_one_joint_prompt(assets, family, monkeypatch):
 # ------------------------------------------------------------------------ LoRA
 
 
-@pytest.mark.parametrize("family", ["qwen2-vl", "smolvlm"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "smolvlm", "fast-vlm"])
 def test_only_language_model_lora_parameters_train_and_get_gradients(assets, family):
     emb = embedder(assets, family, lora={"r": 4}, gradient_checkpointing=True)
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in emb.modules())
@@ -285,7 +311,7 @@ def test_only_language_model_lora_parameters_train_and_get_gradients(assets, fam
     params = emb.trainable_parameters()
     assert names and len(params) == len(names)
     assert all("lora_" in n for n in names)
-    lm = "language_model" if family.startswith("qwen") else "text_model"
+    lm = "text_model" if family == "smolvlm" else "language_model"
     assert all(f".{lm}." in n for n in names)
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert any(f"{proj}.lora_A" in n for n in names), proj

@@ -372,3 +372,55 @@ def test_heldout_label_probe_is_fair_to_a_rare_weakly_visible_label():
     ids = np.arange(1, n)
     out = pretrain.heldout_item_probes(tables, data, ids[:1200], ids[1200:])
     assert out["labels/image"] == ["Horror"] and 0.62 < out["label/image"] < 0.76
+
+
+def test_fast_vlm_recipe_starts_from_the_harness_clip_tower_by_default():
+    r = parse_name("pretrained-tiny-fast-vlm")
+    assert r.initial_vision() == "harness-clip" and r.spec()["vision_init"] == "harness-clip"
+    random_tower = parse_name("pretrained-tiny-fast-vlm:vision_init=random")
+    assert random_tower.initial_vision() == "random" and "vision_init" not in random_tower.spec()
+    assert random_tower.key() != r.key()
+    # the ViT families keep their keys (vision_init resolves to random and is not named)
+    assert parse_name("pretrained-tiny-qwen2-vl:vision_init=random").key() == PretrainRecipe().key()
+    for bad in ("pretrained-tiny-qwen2-vl:vision_init=harness-clip",
+                "pretrained-tiny-fast-vlm:vision_init=imagenet",
+                "pretrained-tiny-fast-vlm:pretrain=items,vision_init=harness-clip"):
+        with pytest.raises(ConfigError):
+            parse_name(bad)
+    assert parse_name("pretrained-tiny-fast-vlm:pretrain=items").initial_vision() == "random"
+
+
+def test_fast_vlm_pretraining_keeps_the_harness_clip_tower_and_trains_the_rest(tmp_path,
+                                                                                monkeypatch):
+    """The tower is the harness-clip corpus checkpoint's EfficientNet, built into the cache
+    (the one the content baselines read), frozen while the projector and the language model
+    learn; the build is deterministic."""
+    from dataclasses import replace
+
+    from benchmark.encoders import harness_clip
+
+    monkeypatch.setattr(harness_clip, "CORPUS_RECIPE", replace(
+        harness_clip.CORPUS_RECIPE, width=32, heads=2, steps=4, batch_size=16, corpus_size=64))
+    recipe = parse_name(f"pretrained-tiny-fast-vlm:{SMALL}")
+    cache = tmp_path / "cache"
+    a = pretrain.build_pretrained_checkpoint(recipe, tmp_path / "a", cache_dir=cache)
+    b = pretrain.build_pretrained_checkpoint(recipe, tmp_path / "b", cache_dir=cache)
+    clip_dir = next((cache / "checkpoints").glob("harness-clip-*"))
+    clip = load_file(str(clip_dir / "model.safetensors"))
+    wa, wb = (load_file(str(p / "model.safetensors")) for p in (a, b))
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    tower = {k.split("vision_tower.", 1)[1]: v for k, v in wa.items() if "vision_tower." in k}
+    assert tower and all(np.array_equal(v, clip[f"vision_model.{k}"]) for k, v in tower.items())
+    zero = pretrain.build_pretrained_checkpoint(
+        parse_name("pretrained-tiny-fast-vlm:steps=0,batch=4,corpus_n=64,bag_len=2"),
+        tmp_path / "z", cache_dir=cache)
+    w0 = load_file(str(zero / "model.safetensors"))
+    changed = [k for k in wa if not np.array_equal(wa[k], w0[k])]
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any("language_model" in k for k in changed)
+    assert not any("vision_tower" in k for k in changed)
+    marker = json.loads((a / TINY_MARKER).read_text())
+    assert marker["vision_tower"]["vision_init_checkpoint"] == clip_dir.name
+    assert marker["recipe"]["vision_init"] == "harness-clip"
+    with pytest.raises(ConfigError):  # the tower is built in a cache: one is needed
+        pretrain.build_pretrained_checkpoint(recipe, tmp_path / "c")

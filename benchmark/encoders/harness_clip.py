@@ -227,45 +227,58 @@ def build_model(kind: str, texts: list[str], recipe: Recipe, image_size: int, se
     return model, tokenizer, processor
 
 
-def _cnn_dual_encoder(text: dict, recipe: Recipe, image_size: int):
-    """A ``VisionTextDualEncoderModel``: a small EfficientNet image tower (a 3x3 stride-2 stem,
-    one stage of MBConv blocks per ``recipe.conv_widths`` entry, ``recipe.conv_depths`` blocks
-    each, stride 2 from the second stage on; batch norm; global average pooling) and the CLIP
-    text tower, projected into one ``recipe.width`` space. Convolutions share their weights
-    over positions, so a shape learnt in one place is known in every other: the tiny ViT needs
-    far more steps for that (docs/synthetic.md)."""
-    import torch
-    from transformers import (
-        CLIPTextConfig,
-        EfficientNetConfig,
-        VisionTextDualEncoderConfig,
-        VisionTextDualEncoderModel,
-    )
+def efficientnet_config(widths, depths, image_size: int, top_channels: int = 1280):
+    """A small ``EfficientNetConfig``: a 3x3 stride-2 stem, one stage of MBConv blocks per
+    ``widths`` entry (``depths`` blocks each, stride 2 from the second stage on), batch norm,
+    a 1x1 top convolution to ``top_channels``. Its feature map is image_size / 2^len(widths)
+    on a side (4 x 4 for 32 px and three stages). One definition for every harness image tower
+    that must see shapes (this CLIP, the VLM2Rec stand-in ``fast-vlm``)."""
+    from transformers import EfficientNetConfig
 
-    widths, depths = list(recipe.conv_widths), list(recipe.conv_depths)
+    widths, depths = list(widths), list(depths)
     if len(widths) != len(depths) or not widths:
-        raise ConfigError(f"{NAME}: conv_widths {widths} and conv_depths {depths} must name the "
-                          "same stages")
+        raise ConfigError(f"conv_widths {widths} and conv_depths {depths} must name the same "
+                          "stages")
     n = len(widths)
-    vision = EfficientNetConfig(
+    return EfficientNetConfig(
         num_channels=3, image_size=image_size, width_coefficient=1.0, depth_coefficient=1.0,
         in_channels=[32] + widths[:-1], out_channels=widths, strides=[1] + [2] * (n - 1),
         kernel_sizes=[3] * n, expand_ratios=[4] * n, num_block_repeats=depths,
-        depthwise_padding=[], hidden_dim=1280, pooling_type="mean",
+        depthwise_padding=[], hidden_dim=top_channels, pooling_type="mean",
         dropout_rate=0.0, drop_connect_rate=0.0,
-        # VisionTextDualEncoderModel sizes its image projection by ``hidden_size``, which
-        # EfficientNetConfig does not define: the pooled output has the top conv's 1280
-        # channels (hidden_dim: the top batch norm's width; also a global pooling window).
-        hidden_size=1280)
+        # multimodal wrappers size their image projection by ``hidden_size``, which
+        # EfficientNetConfig does not define: the features have the top conv's channels
+        # (hidden_dim: the top batch norm's width; also a global pooling window).
+        hidden_size=top_channels)
+
+
+def reset_batch_norms(model) -> None:
+    """Batch norms back to the identity. Multimodal wrappers' weight initialisation draws the
+    batch norms' scales like linear weights (N(0, 0.02)): every block then shrinks its input
+    fifty-fold and the pooled output is ~1e-17 (nothing trains)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_parameters()
+
+
+def _cnn_dual_encoder(text: dict, recipe: Recipe, image_size: int):
+    """A ``VisionTextDualEncoderModel``: a small EfficientNet image tower
+    (:func:`efficientnet_config`; global average pooling) and the CLIP text tower, projected
+    into one ``recipe.width`` space. Convolutions share their weights over positions, so a
+    shape learnt in one place is known in every other: the tiny ViT needs far more steps for
+    that (docs/synthetic.md)."""
+    from transformers import CLIPTextConfig, VisionTextDualEncoderConfig, VisionTextDualEncoderModel
+
+    try:
+        vision = efficientnet_config(recipe.conv_widths, recipe.conv_depths, image_size)
+    except ConfigError as err:
+        raise ConfigError(f"{NAME}: {err}") from None
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         vision, CLIPTextConfig(**text), projection_dim=recipe.width)
     model = VisionTextDualEncoderModel(config)
-    # The dual encoder's weight initialisation draws the batch norms' scales like linear
-    # weights (N(0, 0.02)): every block then shrinks its input fifty-fold and the pooled
-    # output is ~1e-17 (nothing trains). Batch norms start as the identity instead.
-    for module in model.vision_model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_parameters()
+    reset_batch_norms(model.vision_model)
     return model
 
 

@@ -1,7 +1,7 @@
 """VLM embedder for VLM2Rec (docs/vlm2rec.md §1).
 
-Any supported Hugging Face image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3;
-hub name or local folder) is loaded through the standard ``from_pretrained`` path. An entity's
+Any supported Hugging Face image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3,
+FastVLM; hub name or local folder) is loaded through the standard ``from_pretrained`` path. An entity's
 embedding is the last-layer hidden state of the last token of its prompt, L2-normalised. External fusion (default) encodes the text and the image(s) of an
 entity in separate prompts and sums the two unit vectors; internal fusion (the paper's ablation)
 encodes one joint prompt. A missing modality is a missing branch: it is never fed to the model.
@@ -135,7 +135,7 @@ def _positions(valid: torch.Tensor) -> torch.Tensor:
     return (valid.long().cumsum(-1) - 1).clamp(min=0) * valid
 
 
-def _precomputed(features: list[torch.Tensor]) -> dict[str, Any]:
+def _precomputed(features: list[torch.Tensor] | torch.Tensor) -> dict[str, Any]:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     return {"image": BaseModelOutputWithPooling(pooler_output=features)}
@@ -289,7 +289,40 @@ class _Idefics3(_Family):
         return inputs
 
 
+class _FastVLM(_Family):
+    """FastVLM (LLaVA-style): a convolutional tower whose (C, H, W) feature map becomes H x W
+    tokens through a two-layer projector; images are squares of side ``image_size``."""
+
+    prompt_family = "llava-qwen"
+
+    def preprocess(self, images: list[Any]) -> list[torch.Tensor]:
+        from PIL import Image
+
+        side = self.side
+        images = [im.resize((side, side), Image.Resampling.BICUBIC) for im in images]
+        out = self.image_processor(images=images, size={"shortest_edge": side},
+                                   crop_size={"height": side, "width": side}, return_tensors="pt")
+        return list(out["pixel_values"])
+
+    def encode_images(self, core: nn.Module, pixels: list[Any]) -> list[Any]:
+        device = next(core.parameters()).device
+        out = core.get_image_features(torch.stack(pixels).to(device), return_dict=True)
+        return [f.clone() for f in out.pooler_output]  # (H x W, d) per image
+
+    def image_ids(self, payload: Any) -> list[int]:
+        return [self.image_token_id] * payload.shape[0]
+
+    def model_inputs(
+        self, ids: torch.Tensor, valid: torch.Tensor, payloads: list[Any]
+    ) -> dict[str, Any]:
+        inputs = {"input_ids": ids, "position_ids": _positions(valid)}
+        if payloads:  # the model scatters the rows in order into the image tokens
+            inputs["mm_encoder_outputs"] = _precomputed(torch.cat(list(payloads)))
+        return inputs
+
+
 _FAMILIES: dict[str, type[_Family]] = {
+    "fast_vlm": _FastVLM,
     "qwen2_vl": _QwenVL,
     "qwen2_5_vl": _QwenVL,
     "smolvlm": _Idefics3,
@@ -304,14 +337,16 @@ class VLMEmbedder(nn.Module):
     """Last-token VLM embedder with external (sum) or internal (joint prompt) fusion.
 
     Args:
-        model: hub name or local folder of a Qwen2-VL, Qwen2.5-VL, SmolVLM or Idefics3 checkpoint.
+        model: hub name or local folder of a Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3 or FastVLM
+            checkpoint.
         fusion: "external" (separate text / image prompts, summed) or "internal" (one prompt).
         lora: peft LoRA settings merged over ``DEFAULT_LORA`` (r, alpha, dropout, targets: "auto",
             a comma string or a list of Linear names in the language model); None: frozen.
         history_len: a user prompt holds the last ``history_len`` items of the history.
         max_text_tokens: each item text is cut to this many tokens.
         image_size: Qwen family: images become squares of side ``image_size`` rounded to a
-            multiple of patch * merge (28 px for real checkpoints); SmolVLM / Idefics3 use the
+            multiple of patch * merge (28 px for real checkpoints); FastVLM: squares of side
+            ``image_size`` (the tower is convolutional); SmolVLM / Idefics3 use the
             vision encoder's native size (its connector requires it) and ignore this.
         dtype: "float32", "bfloat16" or "float16" weights (LoRA weights stay float32).
         gradient_checkpointing: non-reentrant activation checkpointing in train mode.
@@ -435,6 +470,18 @@ class VLMEmbedder(nn.Module):
         self._image_cache_bytes = 0
         self.image_cache_bytes_max = int(image_cache_mb * 2**20)
         self.eval()
+
+    def train(self, mode: bool = True) -> VLMEmbedder:
+        """Train mode for LoRA; a frozen module with running statistics (a convolutional
+        vision tower's batch norms) stays in eval mode, so an image's features do not depend
+        on the batch it came in (they are cached) and its statistics do not drift."""
+        super().train(mode)
+        if mode:
+            for module in self.backbone.modules():
+                if (isinstance(module, nn.modules.batchnorm._BatchNorm)
+                        and not any(p.requires_grad for p in module.parameters())):
+                    module.eval()
+        return self
 
     # ------------------------------------------------------------------ properties & info
 

@@ -45,7 +45,7 @@ from .losses import MODALITIES, Objective, info_nce
 
 log = logging.getLogger(__name__)
 
-TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm)")
+TINY_NAME = re.compile(r"(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm|fast-vlm)")
 TINY_SEED = 0  # a stand-in backbone is fixed per dataset, like a pretrained checkpoint
 
 

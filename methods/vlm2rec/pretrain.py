@@ -59,7 +59,7 @@ from benchmark.errors import ConfigError
 PRETRAIN_VERSION = 1  # bump when the objective, schedule, corpus or item use change
 PRETRAINED_PREFIX = "pretrained-"
 PRETRAINED_NAME = re.compile(
-    r"pretrained-(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm|idefics3)(?::(.*))?")
+    r"pretrained-(tiny|small)-(qwen2-vl|qwen2\.5-vl|smolvlm|idefics3|fast-vlm)(?::(.*))?")
 STAND_IN_KIND = "harness-pretrained"
 PRETRAIN_LOG = "pretrain_log.jsonl"  # cost + step log (not hashed: see build_pretrained_...)
 _PROBE_CORPUS_SEED_OFFSET = 1_000_003  # the held-out probe corpus: another corpus seed
@@ -67,6 +67,10 @@ PROBE_N = 512  # held-out corpus samples per modality for the marker's probes
 
 
 SOURCES = ("corpus", "items")  # what a stand-in is pre-trained on
+VISION_INITS = ("random", "harness-clip")
+#: families whose corpus recipe starts from the harness-clip image tower (its EfficientNet is
+#: fast-vlm's tower; the ViT families' towers have another shape)
+VISION_INIT_DEFAULT = {"fast-vlm": "harness-clip"}
 #: recipe knobs that apply to one source only
 _ONLY = {"corpus": ("corpus_n", "corpus_seed", "hard_colours", "partial_captions"),
          "items": ("word_dropout", "holdout")}
@@ -106,6 +110,9 @@ class PretrainRecipe:
     word_dropout: float = 0.3  # items: share of words dropped from each of two text views
     holdout: float = 0.0  # items: share of the training items withheld from pre-training
     # (seeded; for held-out probes of what pre-training generalises, never for a benchmark run)
+    vision_init: str = ""  # "random", or "harness-clip": the image tower of the harness-clip
+    # corpus recipe (a contrastively pre-trained CLIP image encoder, as real VLMs are built on),
+    # then kept frozen; "": the family's default (VISION_INIT_DEFAULT)
 
     def __post_init__(self) -> None:
         from .tiny import FAMILIES, SIZES, VISION_SIZES
@@ -133,6 +140,13 @@ class PretrainRecipe:
             raise ConfigError(f"pretrain: pretrain={self.pretrain!r} not in {SOURCES}")
         if not 0 <= self.word_dropout < 1 or not 0 <= self.holdout < 1:
             raise ConfigError("pretrain: word_dropout and holdout must be in [0, 1)")
+        if self.vision_init not in ("", *VISION_INITS):
+            raise ConfigError(f"pretrain: vision_init={self.vision_init!r} not in {VISION_INITS}")
+        if self.initial_vision() == "harness-clip" and (
+                self.family != "fast-vlm" or self.pretrain != "corpus" or self.vision):
+            raise ConfigError("pretrain: vision_init=harness-clip needs family fast-vlm, its "
+                              "default vision tower and pretrain=corpus (the harness-clip "
+                              "corpus recipe's EfficientNet)")
         defaults = {f.name: f.default for f in fields(self)}
         other = self._other_source()
         for name in _ONLY[other]:
@@ -142,11 +156,23 @@ class PretrainRecipe:
     def _other_source(self) -> str:
         return SOURCES[1 - SOURCES.index(self.pretrain)]
 
+    def initial_vision(self) -> str:
+        """Where the vision tower starts: ``vision_init``, or the family's default for the
+        corpus recipe (random for the items recipe: no harness-clip tower of that shape)."""
+        if self.vision_init:
+            return self.vision_init
+        default = VISION_INIT_DEFAULT.get(self.family, "random")
+        return default if self.pretrain == "corpus" and not self.vision else "random"
+
     def spec(self) -> dict[str, Any]:
         """The fields that decide the weights: the other source's knobs are left out (so a
-        corpus checkpoint keeps the key and marker it had before the items recipe existed)."""
+        corpus checkpoint keeps the key and marker it had before the items recipe existed), and
+        the vision tower's start is resolved and named only when it is not random (same)."""
         drop = _ONLY[self._other_source()] + (("pretrain",) if self.pretrain == "corpus" else ())
-        return {k: v for k, v in asdict(self).items() if k not in drop}
+        out = {k: v for k, v in asdict(self).items() if k not in drop and k != "vision_init"}
+        if self.initial_vision() != "random":
+            out["vision_init"] = self.initial_vision()
+        return out
 
     def key(self, data=None, split=None) -> str:
         """Stable hash of the recipe, its data (the corpus identity; for the items recipe the
@@ -159,6 +185,11 @@ class PretrainRecipe:
                                                    self.image_size)}
         else:
             source = items_fingerprint(data, split)
+        if self.initial_vision() == "harness-clip":
+            from benchmark.encoders import harness_clip
+
+            source["vision_tower"] = harness_clip.fingerprint(None, None, 0,
+                                                              harness_clip.CORPUS_RECIPE)
         return stable_hash({"version": PRETRAIN_VERSION, **self.spec(), **source})
 
     def image_step(self, step: int) -> bool:
@@ -208,7 +239,8 @@ def resolve_pretrained(name: str, cache_dir: Path, data=None, split=None) -> Pat
     target = Path(cache_dir) / "checkpoints" / (
         f"pretrained-{recipe.size}-{recipe.family}-{source}{recipe.key(data, split)}")
     return build_dir_once(
-        target, lambda tmp: build_pretrained_checkpoint(recipe, tmp, data=data, split=split),
+        target, lambda tmp: build_pretrained_checkpoint(recipe, tmp, data=data, split=split,
+                                                        cache_dir=cache_dir),
         marker="config.json")
 
 
@@ -412,14 +444,16 @@ def _row_keys(keys: np.ndarray) -> np.ndarray:
 
 def _train(emb, make_batches: Callable, recipe: PretrainRecipe,
            on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Full fine-tuning of ``emb``'s backbone: each step takes a batch of the scheduled side
+    """Full fine-tuning of ``emb``'s backbone (less a pre-trained vision tower): each step takes a batch of the scheduled side
     (``make_batches(emb, rng)(side, k)`` -> embeddings a, b, keys, log fields) and its symmetric
     InfoNCE; the one objective of every recipe. Returns the step log."""
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(7,)))
     batches = make_batches(emb, rng)
-    params = [p for p in emb.backbone.parameters()]
+    frozen = set() if recipe.initial_vision() == "random" else {
+        id(p) for p in _vision_tower(emb).parameters()}  # a pre-trained tower stays as it is
+    params = [p for p in emb.backbone.parameters() if id(p) not in frozen]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
@@ -461,9 +495,37 @@ ITEMS_NOTE = ("Stand-in pre-trained by the harness (methods.vlm2rec.pretrain) on
               "web-pretrained VLM.")
 
 
+def _vision_tower(emb):
+    """The backbone's vision tower module (FastVLM / LLaVA: ``vision_tower``; Qwen: ``visual``)."""
+    core = emb._core
+    return getattr(core, "vision_tower", None) or core.visual
+
+
+def init_vision_from_harness_clip(emb, cache_dir: Path | None) -> dict:
+    """Load the harness-clip corpus recipe's image tower (built into ``cache_dir`` if absent:
+    the same checkpoint the content baselines read) into ``emb``'s vision tower and freeze it.
+    Returns what was loaded (for the marker)."""
+    from benchmark.encoders import harness_clip
+    from benchmark.encoders.models import quiet_transformers
+    from transformers import AutoModel
+
+    if cache_dir is None:
+        raise ConfigError("pretrain: vision_init=harness-clip needs a cache folder (the "
+                          "harness-clip checkpoint is built there)")
+    path = harness_clip.ensure_checkpoint(None, None, 0, Path(cache_dir),
+                                          recipe=harness_clip.CORPUS_RECIPE)
+    with quiet_transformers():
+        clip = AutoModel.from_pretrained(path)
+    tower = _vision_tower(emb)
+    tower.load_state_dict(clip.vision_model.state_dict())
+    tower.requires_grad_(False)
+    tower.eval()
+    return {"vision_init": "harness-clip", "vision_init_checkpoint": path.name}
+
+
 def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
                                 on_step: Callable[[int, dict], None] | None = None,
-                                data=None, split=None) -> Path:
+                                data=None, split=None, cache_dir: Path | None = None) -> Path:
     """Build the random ``recipe.family`` stand-in, pre-train it and save it back at
     ``out_dir`` through ``save_pretrained``. Corpus recipe: tokenizer trained on the corpus
     texts and captions, the marker records held-out corpus probes. Items recipe (needs ``data``
@@ -508,6 +570,8 @@ def build_pretrained_checkpoint(recipe: PretrainRecipe, out_dir: Path,
         torch.manual_seed(recipe.seed)
         emb = VLMEmbedder(out_dir, lora=None, image_size=recipe.image_size,
                           max_text_tokens=recipe.max_text_tokens)
+        if recipe.initial_vision() == "harness-clip":
+            source["vision_tower"] = init_vision_from_harness_clip(emb, cache_dir)
         before = probe(emb)
         steps = _train(emb, make_batches, recipe, on_step)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu

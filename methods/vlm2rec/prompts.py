@@ -35,16 +35,19 @@ USER_JOINT = "A user interacted with these items, oldest first:\n{lines}\n" + US
 USER_JOINT_LINE = "{index}. {parts}"
 
 #: Chat wrappers per prompt family ("qwen": Qwen2-VL / Qwen2.5-VL; "idefics3": SmolVLM /
-#: Idefics3); ``{body}`` is one of the bodies above.
+#: Idefics3; "llava-qwen": FastVLM, LLaVA's image token in Qwen2's chat turn); ``{body}`` is
+#: one of the bodies above.
 CHAT: dict[str, str] = {
     "qwen": "<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n",
     "idefics3": "<|im_start|>User:{body}<end_of_utterance>\nAssistant:",
+    "llava-qwen": "<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n",
 }
 
 #: How one image is written inside a body, per prompt family (expanded later by the embedder).
 IMAGE_SLOT: dict[str, str] = {
     "qwen": "<|vision_start|><|image_pad|><|vision_end|>",
     "idefics3": "<image>",
+    "llava-qwen": "<image>",
 }
 
 

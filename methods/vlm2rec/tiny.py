@@ -19,7 +19,7 @@ from . import prompts
 #: Marker file written into every stand-in checkpoint folder.
 TINY_MARKER = "harness_tiny.json"
 
-FAMILIES = ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3")
+FAMILIES = ("qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3", "fast-vlm")
 SIZES = ("tiny", "small", "2b")
 
 _QWEN_SPECIALS = [
@@ -31,6 +31,7 @@ _QWEN_SPECIALS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+_FASTVLM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
 _SMOLVLM_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -58,6 +59,12 @@ _VISION = {
     # "tiny" (one 32-wide layer on 8 px patches) learns colour but not shape
     "tiny-wide": {"hidden": 64, "layers": 2, "heads": 4, "patch": 8, "image": 32, "mlp_ratio": 4},
     "tiny-fine": {"hidden": 64, "layers": 2, "heads": 4, "patch": 4, "image": 32, "mlp_ratio": 4},
+    # convolutional towers (family "fast-vlm", whose real tower FastViTHD is a conv hybrid):
+    # the small EfficientNet of benchmark.encoders.harness_clip, which learns shapes where the
+    # tiny ViTs did not; tokens per image = (image / 2^stages)^2 (16 for tiny, 196 for small)
+    "tiny-cnn": {"widths": (32, 64, 128), "depths": (1, 1, 1), "image": 32, "top": 1280},
+    "small-cnn": {"widths": (32, 64, 128, 256), "depths": (1, 2, 2, 2), "image": 224,
+                  "top": 1280},
 }
 VISION_SIZES = tuple(_VISION)
 
@@ -200,6 +207,31 @@ def _qwen_config(family: str, size: str, tok, vision: str) -> Any:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
 
 
+def _fastvlm_config(size: str, tok, vision: str) -> Any:
+    """FastVLM's layout (LLaVA-style: vision tower, two-layer projector, Qwen2 language model)
+    with a convolutional vision tower read as a (C, H, W) feature map, one token per cell."""
+    from benchmark.encoders.harness_clip import efficientnet_config
+    from transformers import FastVlmConfig
+
+    t, v = _TEXT[size], _VISION[vision]
+    ids = {name: tok.convert_tokens_to_ids(name) for name in _FASTVLM_SPECIALS}
+    text = {
+        "model_type": "qwen2",
+        **_lm_shape(t, tok),
+        "max_position_embeddings": 8192,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "pad_token_id": ids["<|endoftext|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "tie_word_embeddings": True,
+    }
+    vision_config = efficientnet_config(v["widths"], v["depths"], v["image"], v["top"])
+    side = v["image"] // 2 ** len(v["widths"])
+    return FastVlmConfig(text_config=text, vision_config=vision_config,
+                         image_token_id=ids["<image>"], image_seq_length=side * side,
+                         tie_word_embeddings=True)
+
+
 def _smolvlm_config(family: str, size: str, tok, vision: str) -> Any:
     from transformers import Idefics3Config, SmolVLMConfig
 
@@ -239,8 +271,8 @@ def build_tiny_checkpoint(
 ) -> Path:
     """Build, save and return a random-weight ``family`` checkpoint folder at ``out_dir``.
 
-    ``family``: "qwen2-vl", "qwen2.5-vl", "smolvlm" or "idefics3" (SmolVLM's layout with the
-    Idefics3 classes); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
+    ``family``: "qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3" (SmolVLM's layout with the
+    Idefics3 classes) or "fast-vlm" (FastVLM's classes with a small EfficientNet tower); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
     patches, 32 px images: 4 LM tokens per image) or "small" (~14 M, 14 px patches, 224 px).
     ``vision``: the vision tower's size if not ``size``'s (``VISION_SIZES``; e.g. "tiny-wide").
     ``weights`` False: config, tokenizer and image processor only (load it with
@@ -254,12 +286,25 @@ def build_tiny_checkpoint(
         raise ValueError(f"unknown tiny size {size!r}; expected one of {SIZES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vision = size if vision is None else vision
+    conv = family == "fast-vlm"
+    vision = (f"{size}-cnn" if conv else size) if vision is None else vision
     if vision not in _VISION:
         raise ValueError(f"unknown vision size {vision!r}; expected one of {VISION_SIZES}")
+    if conv != ("widths" in _VISION[vision]):
+        raise ValueError(f"vision {vision!r} does not fit family {family!r}: fast-vlm takes a "
+                         "convolutional tower (*-cnn), the other families a ViT")
     vocab = _TEXT[size]["vocab"]
     v = _VISION[vision]
-    if family.startswith("qwen"):
+    if conv:
+        from transformers import CLIPImageProcessorPil
+
+        tok = _train_tokenizer(texts, _FASTVLM_SPECIALS, vocab, "<|endoftext|>", "<|im_end|>")
+        config = _fastvlm_config(size, tok, vision)
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": v["image"]},
+            crop_size={"height": v["image"], "width": v["image"]},
+        )
+    elif family.startswith("qwen"):
         from transformers import Qwen2VLImageProcessorPil
 
         tok = _train_tokenizer(texts, _QWEN_SPECIALS, vocab, "<|endoftext|>", "<|im_end|>")
@@ -293,6 +338,10 @@ def build_tiny_checkpoint(
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
             torch.manual_seed(seed)
             model = AutoModelForImageTextToText.from_config(config)
+        if conv:
+            from benchmark.encoders.harness_clip import reset_batch_norms
+
+            reset_batch_norms(model)
         model.save_pretrained(out_dir)
         n_params = sum(p.numel() for p in model.parameters())
     else:
