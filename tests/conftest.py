@@ -57,6 +57,19 @@ def _tiny_corpus_clip(request, monkeypatch):
         corpus_size=96))
 
 
+@pytest.fixture(autouse=True)
+def _tiny_vlm_pretraining(request, monkeypatch):
+    """Likewise for VLM2Rec's ``tiny`` preset: its harness-pretrained backbone is pre-trained
+    for a few steps on a small corpus (same recipe kind and code path) without the held-out
+    probes; ``tests/test_vlm2rec_pretrain.py`` checks the recipe itself."""
+    from benchmark.registry import get_model_spec
+    from methods.vlm2rec import pretrain
+
+    monkeypatch.setattr(pretrain, "PROBE_N", 0)
+    tiny = get_model_spec("vlm2rec").presets["tiny"]
+    monkeypatch.setitem(tiny, "vlm", tiny["vlm"] + ":steps=3,batch=4,corpus_n=64,bag_len=2")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread (and OpenMP spinning on a busy box is ruinous);
