@@ -424,3 +424,25 @@ def test_fast_vlm_pretraining_keeps_the_harness_clip_tower_and_trains_the_rest(t
     assert marker["recipe"]["vision_init"] == "harness-clip"
     with pytest.raises(ConfigError):  # the tower is built in a cache: one is needed
         pretrain.build_pretrained_checkpoint(recipe, tmp_path / "c")
+
+
+def test_a_name_without_pretrain_means_the_items_recipe_off_the_synthetic_world(items_world,
+                                                                               monkeypatch):
+    """The corpus covers the synthetic world only: elsewhere ``pretrained-tiny-<family>`` is
+    pre-trained on the dataset's training items (an explicit ``pretrain=corpus`` is kept)."""
+    import dataclasses
+
+    data, split, _, tmp = items_world
+    real_world = dataclasses.replace(data, manifest={**data.manifest, "source": {}})
+    recipes = []
+    monkeypatch.setattr(pretrain, "build_pretrained_checkpoint",
+                        lambda recipe, out_dir, **kw: recipes.append(recipe) or
+                        (out_dir / "config.json").write_text("{}"))
+    cache = tmp / "auto-cache"
+    name = "pretrained-tiny-fast-vlm:steps=2,batch=4,bag_len=2"
+    items = pretrain.resolve_pretrained(name, cache, real_world, split)
+    corpus = pretrain.resolve_pretrained(name, cache, data, split)  # the synthetic world
+    explicit = pretrain.resolve_pretrained(name + ",pretrain=corpus", cache, real_world, split)
+    assert [r.pretrain for r in recipes] == ["items", "corpus"]  # the third is the second
+    assert "items-" in items.name and "items-" not in corpus.name and explicit == corpus
+    assert recipes[0].initial_vision() == "random"  # the items recipe's tower starts random

@@ -48,7 +48,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +229,20 @@ def parse_name(name: str) -> PretrainRecipe | None:
 def resolve_pretrained(name: str, cache_dir: Path, data=None, split=None) -> Path:
     """The checkpoint folder of a ``pretrained-...`` name, built once into
     ``<cache_dir>/checkpoints/``: for the corpus recipe independent of any dataset; for the
-    items recipe one per (recipe, dataset content, training item set of ``split``)."""
+    items recipe one per (recipe, dataset content, training item set of ``split``). A name
+    without ``pretrain=`` means the corpus recipe on the synthetic world (or with no dataset)
+    and the items recipe on any other dataset."""
+    from benchmark.encoders.harness_clip import is_synthetic
     from benchmark.io import build_dir_once
 
     recipe = parse_name(name)
     if recipe is None:
         raise ConfigError(f"{name!r} is not a pretrained-<size>-<family> stand-in name")
+    if (data is not None and recipe.pretrain == "corpus" and "pretrain=" not in name
+            and not is_synthetic(data)):
+        # the corpus covers the synthetic world's images and words only: on any other dataset
+        # the name means the items recipe, as ``harness-clip`` does
+        recipe = replace(recipe, pretrain="items")
     source = "" if recipe.pretrain == "corpus" else f"{recipe.pretrain}-"
     target = Path(cache_dir) / "checkpoints" / (
         f"pretrained-{recipe.size}-{recipe.family}-{source}{recipe.key(data, split)}")
