@@ -452,9 +452,10 @@ def _row_keys(keys: np.ndarray) -> np.ndarray:
 
 def _train(emb, make_batches: Callable, recipe: PretrainRecipe,
            on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Full fine-tuning of ``emb``'s backbone (less a pre-trained vision tower): each step takes a batch of the scheduled side
-    (``make_batches(emb, rng)(side, k)`` -> embeddings a, b, keys, log fields) and its symmetric
-    InfoNCE; the one objective of every recipe. Returns the step log."""
+    """Full fine-tuning of ``emb``'s backbone, less a pre-trained vision tower: each step takes
+    a batch of the scheduled side (``make_batches(emb, rng)(side, k)`` -> embeddings a, b, keys,
+    log fields) and its symmetric InfoNCE; the one objective of every recipe. Returns the step
+    log."""
     import torch
 
     rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(7,)))
