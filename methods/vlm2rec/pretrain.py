@@ -514,9 +514,10 @@ def init_vision_from_harness_clip(emb, cache_dir: Path | None) -> dict:
     """Load the harness-clip corpus recipe's image tower (built into ``cache_dir`` if absent:
     the same checkpoint the content baselines read) into ``emb``'s vision tower and freeze it.
     Returns what was loaded (for the marker)."""
+    from transformers import AutoModel
+
     from benchmark.encoders import harness_clip
     from benchmark.encoders.models import quiet_transformers
-    from transformers import AutoModel
 
     if cache_dir is None:
         raise ConfigError("pretrain: vision_init=harness-clip needs a cache folder (the "

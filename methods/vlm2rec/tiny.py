@@ -210,8 +210,9 @@ def _qwen_config(family: str, size: str, tok, vision: str) -> Any:
 def _fastvlm_config(size: str, tok, vision: str) -> Any:
     """FastVLM's layout (LLaVA-style: vision tower, two-layer projector, Qwen2 language model)
     with a convolutional vision tower read as a (C, H, W) feature map, one token per cell."""
-    from benchmark.encoders.harness_clip import efficientnet_config
     from transformers import FastVlmConfig
+
+    from benchmark.encoders.harness_clip import efficientnet_config
 
     t, v = _TEXT[size], _VISION[vision]
     ids = {name: tok.convert_tokens_to_ids(name) for name in _FASTVLM_SPECIALS}
