@@ -529,7 +529,8 @@ _VLM2REC_DEFAULTS = {
 # 0.0156, 0.1: 0.0150, 0.2: 0.0176): at the paper's 0.05 this small model's fused cosines start
 # noisy enough that SFT shrinks every embedding together (in-batch loss -> ln B).
 _VLM2REC_TINY = {
-    "vlm": "pretrained-tiny-fast-vlm", "tau": 0.2, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+    "vlm": "pretrained-tiny-fast-vlm", "tau": 0.2,
+    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
     "history_len": 5, "image_size": 32, "max_text_tokens": 16, "bf16": False,
     "gradient_checkpointing": False, "epochs": 1, "patience": 1, "learning_rate": 2e-3,
     "batch_size": 64, "eval_batch_size": 256, "pairs_per_user": 1, "MAX_ITEM_LIST_LENGTH": 20,

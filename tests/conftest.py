@@ -58,7 +58,7 @@ def _tiny_corpus_clip(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _tiny_vlm_pretraining(request, monkeypatch):
+def _tiny_vlm_pretraining(monkeypatch):
     """Likewise for VLM2Rec's ``tiny`` preset: its harness-pretrained backbone is pre-trained
     for a few steps on a small corpus (same recipe kind and code path) without the held-out
     probes; ``tests/test_vlm2rec_pretrain.py`` checks the recipe itself."""

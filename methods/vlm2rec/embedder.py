@@ -1,9 +1,10 @@
 """VLM embedder for VLM2Rec (docs/vlm2rec.md §1).
 
 Any supported Hugging Face image-text-to-text checkpoint (Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3,
-FastVLM; hub name or local folder) is loaded through the standard ``from_pretrained`` path. An entity's
-embedding is the last-layer hidden state of the last token of its prompt, L2-normalised. External fusion (default) encodes the text and the image(s) of an
-entity in separate prompts and sums the two unit vectors; internal fusion (the paper's ablation)
+FastVLM; hub name or local folder) is loaded through the standard ``from_pretrained`` path. An
+entity's embedding is the last-layer hidden state of the last token of its prompt,
+L2-normalised. External fusion (default) encodes the text and the image(s) of an entity in
+separate prompts and sums the two unit vectors; internal fusion (the paper's ablation)
 encodes one joint prompt. A missing modality is a missing branch: it is never fed to the model.
 
 Prompts are token ids built from cached pieces (``tokens.py``: every text and template piece is

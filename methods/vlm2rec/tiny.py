@@ -273,7 +273,8 @@ def build_tiny_checkpoint(
     """Build, save and return a random-weight ``family`` checkpoint folder at ``out_dir``.
 
     ``family``: "qwen2-vl", "qwen2.5-vl", "smolvlm", "idefics3" (SmolVLM's layout with the
-    Idefics3 classes) or "fast-vlm" (FastVLM's classes with a small EfficientNet tower); ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
+    Idefics3 classes) or "fast-vlm" (FastVLM's classes with a small EfficientNet tower);
+    ``size``: "tiny" (0.1-0.3 M parameters depending on the vocabulary, 8 px
     patches, 32 px images: 4 LM tokens per image) or "small" (~14 M, 14 px patches, 224 px).
     ``vision``: the vision tower's size if not ``size``'s (``VISION_SIZES``; e.g. "tiny-wide").
     ``weights`` False: config, tokenizer and image processor only (load it with
