@@ -205,6 +205,7 @@ MODEL_PARAM_RULES: dict[tuple[str, str], Rule] = {
     ("clip_sasrec", "fusion"): _one_of("concat", "mean"),
     ("clip_sasrec", "modalities"): _one_of("image,text", "text,image", "image", "text"),
     ("vlm2rec", "fusion"): _one_of("external", "internal"),
+    ("vlm2rec", "popularity_prior"): _one_of("none", "logq"),
     ("unisrec", "mode"): _one_of("transductive", "inductive"),  # a generic name: UniSRec's here
 }
 
@@ -517,6 +518,10 @@ _VLM2REC_DEFAULTS = {
     "gradient_checkpointing": True,
     "tau": 0.05, "lambda_w": 1.0, "lambda_r": 0.1, "gamma": 1.0, "alpha": 1.0, "tau_r": 0.1,
     "wpcl": True, "crtr": True,  # the ablations: both False = plain contrastive SFT
+    # "logq": rank by cos/tau + log(training count + 1), the Bayes correction of a model trained
+    # against in-batch (popularity-sampled) negatives (docs/vlm2rec.md, "Popularity prior");
+    # "none": the paper's cosine ranking
+    "popularity_prior": "none",
     "warmup_ratio": 0.05, "grad_accum": 1,
     "pairs_per_user": 0,  # 0: every (history, next item) pair of the training split
     "grad_probe_every": 0,  # > 0: per-modality gradient norms every that many steps (§8b)

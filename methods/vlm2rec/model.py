@@ -183,6 +183,7 @@ class VLM2Rec(SequentialRecommender):
             gamma=config["gamma"], alpha=config["alpha"], tau_r=config["tau_r"],
             use_wpcl=config["wpcl"], use_crtr=config["crtr"])
         self.vlm_path = resolve_vlm(config["vlm"], self.data, self.cache_dir, dataset.split)
+        self.log_prior = self._log_prior(config["popularity_prior"], dataset.split)
         lora = None
         if config["lora_r"] > 0:
             lora = {"r": config["lora_r"], "alpha": config["lora_alpha"],
@@ -211,6 +212,23 @@ class VLM2Rec(SequentialRecommender):
     def provenance(self) -> dict:
         """The backbone behind the embeddings (``stand_in`` True: random weights, not pretrained)."""
         return {"vlm": self.embedder.info()}
+
+    def _log_prior(self, kind: str, split) -> torch.Tensor | None:
+        """(n_items,) ``log(training count + 1)`` for ``popularity_prior: logq``, else None.
+
+        In-batch InfoNCE draws its negatives from the batch's targets, i.e. with the training
+        targets' popularity q(i), so its optimum is ``cos/tau = log p(i|u) - log q(i) + c(u)``:
+        the model learns how much more likely an item is for this user than in general and is
+        pushed against popular items. Adding ``log q(i)`` back gives the ranking of p(i|u)
+        (the sampling-bias correction of two-tower retrieval). Add-one counts: every
+        never-trained item gets 0, so cold items keep their content ranking among themselves.
+        """
+        if kind == "none":
+            return None
+        if split is None:
+            raise ConfigError("popularity_prior 'logq' needs the training split's item counts")
+        return torch.log1p(torch.as_tensor(split.train_item_counts(self.n_items),
+                                           dtype=torch.float32))
 
     # -- content ------------------------------------------------------------------------------
     def set_input_modalities(self, modalities: tuple[str, ...] = MODALITIES) -> None:
@@ -376,12 +394,15 @@ class VLM2Rec(SequentialRecommender):
     @torch.no_grad()
     def score(self, users: torch.Tensor, item_seq: torch.Tensor,
               lens: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) cosine scores of each user against every item; column 0 is -inf."""
+        """(B, n_items) cosine scores of each user against every item, or ``cos/tau + log
+        prior`` under ``popularity_prior: logq``; column 0 is -inf."""
         was_training = self.training
         self.eval()
         table = self.item_table()
         users = self.user_embeddings(self._histories(item_seq, lens))
         scores = users @ table.T
+        if self.log_prior is not None:
+            scores = scores / self.objective.tau + self.log_prior.to(scores.device)
         scores[:, 0] = -torch.inf
         self.train(was_training)
         return scores
